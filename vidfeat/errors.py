@@ -1,0 +1,23 @@
+"""The few exception types vidfeat raises; each also derives from the matching built-in."""
+
+from __future__ import annotations
+
+
+class VidfeatError(Exception):
+    """Base class: the message is one line that says what went wrong and what to do."""
+
+
+class DecodeError(VidfeatError, OSError):
+    """A media file cannot be probed or decoded."""
+
+
+class WeightsError(VidfeatError, FileNotFoundError):
+    """Weights are missing, do not verify, or do not fit the extractor."""
+
+
+class StoreError(VidfeatError, OSError):
+    """A feature store is unreadable, of an unknown schema, or inconsistent."""
+
+
+class ConfigError(VidfeatError, ValueError):
+    """Options or inputs contradict each other (bad flag, video id collision, ...)."""

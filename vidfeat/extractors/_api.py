@@ -1,0 +1,249 @@
+"""The extractor contract, the registry, and the two visual samplers every model shares.
+
+An extractor is built on a worker from its options, loads its weights once, and then turns
+model inputs (``Item``) into feature rows with ``embed``. Visual extractors see each decoded
+frame once through a per-video ``Sampler``; the pipeline pushes every frame of one decode pass
+to the samplers of all visual extractors, so a video is never decoded twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from vidfeat.errors import ConfigError
+from vidfeat.extractors.weights import LoadedWeights
+from vidfeat.media.frames import Frame
+from vidfeat.media.probe import MediaInfo
+
+Modality = Literal["frames", "clips", "audio"]
+
+
+@dataclass
+class Item:
+    """One model input (already preprocessed, on CPU) and the time span it covers, seconds."""
+
+    tensor: torch.Tensor
+    start: float
+    end: float
+
+
+class Sampler(ABC):
+    """Per-video state of one visual extractor: takes frames in order, returns ready items."""
+
+    @abstractmethod
+    def push(self, frame: Frame) -> list[Item]: ...
+
+    @abstractmethod
+    def finish(self, end_time: float) -> list[Item]:
+        """The items still pending once the last frame was pushed; ``end_time`` is when the
+        last decoded frame stops being shown."""
+
+    #: set when the video was too short for one input and the input was padded
+    padded: bool = False
+
+
+class Extractor(ABC):
+    """Base class. Subclasses set the class attributes and implement the abstract methods."""
+
+    name: ClassVar[str]
+    modality: ClassVar[Modality]
+    default_weights: ClassVar[str]  # a name in extractors.weights.REGISTRY
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+        self.weights_sha256 = "unloaded"
+        self.model: nn.Module | None = None
+
+    # ---- description -------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def feature_dim(self) -> int: ...
+
+    @abstractmethod
+    def options(self) -> dict[str, Any]:
+        """Every option that changes the output (layer, sampling, preprocessing), JSON-able."""
+
+    def config(self) -> dict[str, Any]:
+        """Options plus the weights identity: equal configs give equal features."""
+        return {"extractor": self.name, "weights_sha256": self.weights_sha256, **self.options()}
+
+    def config_hash(self) -> str:
+        text = json.dumps(self.config(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    # ---- model -------------------------------------------------------------------------
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """The architecture with freshly initialised parameters (keys as the weights file)."""
+
+    def load(self, weights: LoadedWeights, device: torch.device | str = "cpu") -> None:
+        """Build the model, load ``weights`` (a state dict, or a seeded random init), move it to
+        ``device`` and switch to inference mode. Called once per worker process."""
+        torch.manual_seed(weights.seed)
+        model = self.build_model()
+        if weights.state_dict is not None:
+            weights.load_into(model, self.name)
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.weights_sha256 = weights.sha256
+
+    @abstractmethod
+    def embed(self, batch: torch.Tensor) -> np.ndarray:
+        """Stacked items -> float32 array [B, feature_dim]."""
+
+    # ---- inputs ------------------------------------------------------------------------
+    def sampler(self, info: MediaInfo) -> Sampler:
+        """Visual extractors: a fresh per-video sampler."""
+        raise TypeError(f"{self.name} is not a visual extractor")
+
+    def audio_items(self, waveform: np.ndarray, start: float) -> tuple[list[Item], bool]:
+        """Audio extractors: items from a 16 kHz mono waveform starting at ``start`` seconds,
+        and whether the audio was padded to give at least one item."""
+        raise TypeError(f"{self.name} is not an audio extractor")
+
+
+class FrameSampler(Sampler):
+    """Selects single frames: ``fps`` per second by presentation time, or ``count`` frames at
+    ``round(linspace(0, N-1, count))`` of the N frames (as S2VT pipelines do).
+
+    With ``fps``, the frame shown at each target time ``k / fps`` is taken (a frame shown over
+    several targets is taken once). A row spans from its frame's time to the next row's frame
+    time (the last to the end of the video).
+    """
+
+    def __init__(self, preprocess: Callable[[Frame], torch.Tensor], *, fps: float | None = None,
+                 count: int | None = None, frame_count: int | None = None) -> None:
+        if (fps is None) == (count is None):
+            raise ConfigError("frame sampling needs exactly one of fps or count")
+        if fps is not None and fps <= 0:
+            raise ConfigError(f"sampling fps must be positive, got {fps}")
+        self._preprocess = preprocess
+        self._fps = fps
+        self._wanted: dict[int, int] = {}
+        if count is not None:
+            if count < 1 or not frame_count:
+                raise ConfigError("count sampling needs count >= 1 and a known frame count")
+            for index in np.round(np.linspace(0, frame_count - 1, count)).astype(int).tolist():
+                self._wanted[index] = self._wanted.get(index, 0) + 1
+        self._next_target = 0
+        self._previous: Frame | None = None
+        self._pending: list[tuple[torch.Tensor, float]] = []
+
+    def _take(self, frame: Frame, copies: int = 1) -> list[Item]:
+        ready = [Item(t, s, frame.time) for t, s in self._pending]
+        tensor = self._preprocess(frame)
+        self._pending = [(tensor, frame.time)] * copies
+        return ready
+
+    def push(self, frame: Frame) -> list[Item]:
+        if self._fps is None:
+            copies = self._wanted.get(frame.index, 0)
+            return self._take(frame, copies) if copies else []
+        ready: list[Item] = []
+        previous, self._previous = self._previous, frame
+        target = self._next_target / self._fps
+        if previous is not None and frame.time > target:
+            # the previous frame is on screen at the target time
+            ready = self._take(previous)
+            while self._next_target / self._fps < frame.time:
+                self._next_target += 1
+        return ready
+
+    def finish(self, end_time: float) -> list[Item]:
+        ready: list[Item] = []
+        last = self._previous
+        if self._fps is not None and last is not None:
+            if self._next_target / self._fps < end_time or not self._pending:
+                ready = self._take(last)
+        ready += [Item(t, s, max(end_time, s)) for t, s in self._pending]
+        self._pending = []
+        return ready
+
+
+class ClipSampler(Sampler):
+    """Groups ``clip_len`` consecutive decoded frames into one input, a new clip every
+    ``stride`` frames (the reference convention: clips start at frames 0, stride, 2*stride...;
+    an incomplete tail clip is dropped). A video shorter than one clip gives one clip padded
+    with its last frame, and ``padded`` is set. ``preprocess`` maps a frame to a [C, 1, H, W]
+    tensor; ``assemble`` maps the concatenated [C, T, H, W] clip to the model input.
+    A clip spans from its first frame's time to the time the frame after its last begins.
+    """
+
+    def __init__(self, preprocess: Callable[[Frame], torch.Tensor], *, clip_len: int,
+                 stride: int, assemble: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+                 ) -> None:
+        if clip_len < 1 or stride < 1:
+            raise ConfigError(f"clip_len and stride must be >= 1, got {clip_len}, {stride}")
+        self._preprocess = preprocess
+        self._assemble = assemble
+        self._clip_len = clip_len
+        self._stride = stride
+        self._window: list[tuple[torch.Tensor, float]] = []  # the frames of open clips
+        self._complete: list[tuple[torch.Tensor, float]] = []  # waiting for their end time
+        self._seen = 0
+
+    def _emit_complete(self, end: float) -> list[Item]:
+        ready = [Item(t, s, end) for t, s in self._complete]
+        self._complete = []
+        return ready
+
+    def push(self, frame: Frame) -> list[Item]:
+        ready = self._emit_complete(frame.time)
+        self._seen += 1
+        if self._stride > self._clip_len and frame.index % self._stride >= self._clip_len:
+            return ready  # between two clips: no clip needs this frame
+        self._window.append((self._preprocess(frame), frame.time))
+        if len(self._window) == self._clip_len:
+            clip = torch.cat([t for t, _ in self._window], dim=1)
+            self._complete.append((self._assemble(clip), self._window[0][1]))
+            self._window = self._window[min(self._stride, self._clip_len):]
+        return ready
+
+    def finish(self, end_time: float) -> list[Item]:
+        if self._seen and self._seen < self._clip_len and self._window:
+            last = self._window[-1][0]
+            frames = [t for t, _ in self._window] + [last] * (self._clip_len - len(self._window))
+            self._complete.append((self._assemble(torch.cat(frames, dim=1)), self._window[0][1]))
+            self.padded = True
+        self._window = []
+        return self._emit_complete(end_time)
+
+
+# ---- registry ------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[Extractor]] = {}
+
+
+def register_extractor(cls: type[Extractor]) -> type[Extractor]:
+    """Class decorator; refuses a second extractor of the same name."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"extractor {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_extractors() -> list[str]:
+    _import_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_extractor(name: str) -> type[Extractor]:
+    _import_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ConfigError(f"unknown extractor {name!r}; known: {known}") from None
+
+
+def _import_builtins() -> None:
+    # imported lazily so that `vidfeat --help` does not import every model
+    from vidfeat.extractors import c3d, resnet, video_models, vggish  # noqa: F401

@@ -1,0 +1,1 @@
+"""Corpus discovery, the Dask graph, worker tasks, progress and the run report."""

@@ -1,0 +1,1 @@
+"""The feature store: shard writer, index, reader, merge, verify, export."""
