@@ -65,6 +65,12 @@ class Extractor(ABC):
 
     # ---- description -------------------------------------------------------------------
     @property
+    def weights_name(self) -> str:
+        """The registry entry this extractor's options call for (override when options pick
+        among several, e.g. ResNet-152 V1/V2)."""
+        return self.default_weights
+
+    @property
     @abstractmethod
     def feature_dim(self) -> int: ...
 
@@ -246,4 +252,4 @@ def get_extractor(name: str) -> type[Extractor]:
 
 def _import_builtins() -> None:
     # imported lazily so that `vidfeat --help` does not import every model
-    from vidfeat.extractors import c3d, resnet, video_models, vggish  # noqa: F401
+    from vidfeat.extractors import c3d, resnet, vggish, video_models  # noqa: F401

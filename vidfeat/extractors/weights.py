@@ -51,7 +51,8 @@ REGISTRY: dict[str, WeightsSpec] = {spec.name: spec for spec in [
                 "torchvision ResNet152_Weights.IMAGENET1K_V2, resize 232 crop 224"),
     WeightsSpec("r2plus1d_18-kinetics400", "r2plus1d_18",
                 _TORCHVISION + "r2plus1d_18-91a641e6.pth", "91a641e6",
-                "BSD-3-Clause (torchvision); Kinetics terms", "torchvision R2Plus1D_18 KINETICS400_V1"),
+                "BSD-3-Clause (torchvision); Kinetics terms",
+                "torchvision R2Plus1D_18 KINETICS400_V1"),
     WeightsSpec("r3d_18-kinetics400", "r3d_18", _TORCHVISION + "r3d_18-b3b3357e.pth", "b3b3357e",
                 "BSD-3-Clause (torchvision); Kinetics terms", "torchvision R3D_18 KINETICS400_V1"),
     WeightsSpec("s3d-kinetics400", "s3d", _TORCHVISION + "s3d-d76dad2f.pth", "d76dad2f",
@@ -205,7 +206,8 @@ class LoadedWeights:
 
     def load_into(self, model: nn.Module, extractor: str) -> None:
         """Load with the exact key set the extractor expects; a mismatch names the keys."""
-        assert self.state_dict is not None
+        if self.state_dict is None:
+            raise WeightsError(f"{extractor}: random weights have no state dict to load")
         expected = model.state_dict()
         missing = sorted(set(expected) - set(self.state_dict))
         unexpected = sorted(set(self.state_dict) - set(expected))

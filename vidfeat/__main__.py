@@ -1,0 +1,5 @@
+import sys
+
+from vidfeat.cli import main
+
+sys.exit(main())
