@@ -1,0 +1,39 @@
+# make install: .venv with vidfeat (editable), torch/torchvision, ffmpeg if missing. Idempotent.
+# make demo:    install, make a sample corpus with ffmpeg, extract it, inspect the store.
+# make test:    install, then the whole test suite (slow end-to-end tests included).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := demo
+
+.PHONY: install demo test lint clean
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || bash scripts/install_ffmpeg.sh
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+demo: install
+	bash scripts/make_sample_corpus.sh $(DEMO)/corpus
+	@if $(BIN)/python -m vidfeat.pretrained_available resnet152 c3d vggish; then \
+		WEIGHTS=""; \
+	else \
+		echo; echo "!!! Pretrained weights are not in the cache (see 'vidfeat weights list')."; \
+		echo "!!! Running with --random-weights: the demo features are NOT real features."; echo; \
+		WEIGHTS="--random-weights"; \
+	fi; \
+	$(BIN)/vidfeat extract $(DEMO)/corpus --store $(DEMO)/store --workers 2 $$WEIGHTS; \
+	status=$$?; $(BIN)/vidfeat inspect $(DEMO)/store; exit $$status
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,39 @@
+"""Shared helpers: real videos made with the ffmpeg executable from lavfi sources."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def make_video(path: Path, *, seconds: float = 2.0, size: str = "96x72", fps: int = 8,
+               audio: bool = True, source: str = "testsrc2") -> Path:
+    """H.264/AAC for .mp4, VP9/Opus for .webm; ``audio=False`` leaves the audio stream out."""
+    inputs = ["-f", "lavfi", "-i", f"{source}=size={size}:rate={fps}:duration={seconds}"]
+    if audio:
+        inputs += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={seconds}"]
+    if path.suffix == ".webm":
+        codecs = ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-b:v", "100k"]
+        codecs += ["-c:a", "libopus"] if audio else []
+    else:
+        codecs = ["-c:v", "libx264", "-pix_fmt", "yuv420p"] + (["-c:a", "aac"] if audio else [])
+    ffmpeg(*inputs, *codecs, "-shortest", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three short videos: H.264+AAC, H.264 without audio, VP9+Opus in a subdirectory."""
+    root = tmp_path_factory.mktemp("corpus")
+    make_video(root / "talk.mp4", seconds=2.5)
+    make_video(root / "silent.mp4", seconds=2.0, audio=False, source="mandelbrot")
+    (root / "web").mkdir()
+    make_video(root / "web" / "clip.webm", seconds=2.0, fps=10)
+    (root / "notes.txt").write_text("not a video")
+    return root

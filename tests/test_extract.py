@@ -1,0 +1,149 @@
+"""`vidfeat extract` end to end: real videos, a real LocalCluster with 2 workers, a real store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vidfeat
+from tests.conftest import make_video
+from vidfeat.cli import main
+
+DIMS = {"resnet152": 2048, "c3d": 4096, "vggish": 128}
+
+
+@pytest.fixture(scope="module")
+def store(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("store") / "features"
+    code = main(["extract", str(corpus), "--store", str(store), "--workers", "2",
+                 "--random-weights", "--no-progress"])
+    assert code == 0
+    return store
+
+
+def test_every_video_has_its_features_with_shapes_and_times(store: Path) -> None:
+    features = vidfeat.open_store(str(store))
+    assert sorted(features.videos()) == ["clip", "silent", "talk"]
+    for video_id in features.videos():
+        duration = features.attrs(video_id)["duration"]
+        expected = {"resnet152", "c3d"} | ({"vggish"} if video_id != "silent" else set())
+        assert set(features.features(video_id)) == expected
+        for name in expected:
+            data, times = features.get(video_id, name), features.times(video_id, name)
+            assert data.dtype == np.float32 and data.shape[1] == DIMS[name]
+            assert times.shape == (len(data), 2) and len(data) >= 1
+            assert np.all(times[:, 1] >= times[:, 0]) and np.all(np.diff(times[:, 0]) > 0)
+            assert times[0, 0] >= -0.05 and times[-1, 1] <= duration + 0.05
+            assert np.isfinite(data).all()
+    # 2.5 s at 1 fps -> frames at 0, 1, 2; 20 frames at 8 fps -> one 16-frame clip
+    assert features.times("talk", "resnet152")[:, 0] == pytest.approx([0, 1, 2], abs=0.13)
+    assert features.get("talk", "c3d").shape == (1, 4096)
+    assert features.get("talk", "vggish").shape == (2, 128)
+
+
+def test_store_records_video_and_model_attributes(store: Path) -> None:
+    features = vidfeat.open_store(str(store))
+    video = features.attrs("talk")
+    assert video["source_path"].endswith("talk.mp4")
+    assert (video["width"], video["height"], video["fps"]) == (96, 72, 8.0)
+    assert video["has_audio"] and video["duration"] == pytest.approx(2.5, abs=0.1)
+    assert not features.attrs("silent")["has_audio"]
+    model = features.attrs("talk", "resnet152")
+    assert model["model"] == "resnet152" and model["weights_sha256"] == "random"
+    assert model["random_weights"] and model["vidfeat_version"] == vidfeat.__version__
+
+
+def test_missing_audio_is_recorded_not_failed(store: Path) -> None:
+    failures = vidfeat.open_store(str(store)).failures()
+    assert [(v, f, s) for v, f, s, _ in failures] == [("silent", "vggish", "skipped")]
+    assert "no audio" in failures[0][3]
+
+
+def test_inspect_says_random_weights_loudly(store: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["inspect", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "RANDOM WEIGHTS" in out and "resnet152" in out and "no audio" in out
+
+
+def test_rerun_skips_what_is_up_to_date(store: Path, corpus: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    shards = sorted(store.rglob("*.h5"))
+    assert main(["extract", str(corpus), "--store", str(store), "--workers", "1",
+                 "--random-weights", "--no-progress", "--features", "vggish"]) == 0
+    assert "3 already up to date" in capsys.readouterr().out
+    assert sorted(store.rglob("*.h5")) == shards
+
+
+def test_same_video_twice_gives_same_features(corpus: Path, tmp_path: Path) -> None:
+    twins = tmp_path / "twins"
+    twins.mkdir()
+    shutil.copy(corpus / "talk.mp4", twins / "one.mp4")
+    shutil.copy(corpus / "talk.mp4", twins / "two.mp4")
+    store = tmp_path / "store"
+    assert main(["extract", str(twins), "--store", str(store), "--workers", "2",
+                 "--random-weights", "--no-progress", "--features", "resnet152,vggish"]) == 0
+    features = vidfeat.open_store(str(store))
+    for name in ("resnet152", "vggish"):
+        np.testing.assert_array_equal(features.get("one", name), features.get("two", name))
+        np.testing.assert_array_equal(features.times("one", name), features.times("two", name))
+
+
+def test_list_file_limit_and_file_sources(corpus: Path, tmp_path: Path) -> None:
+    # relative entries are relative to the list file
+    listing = corpus.parent / "videos.txt"
+    listing.write_text(f"# two of them\n{corpus / 'web' / 'clip.webm'}\n\n{corpus.name}/talk.mp4\n")
+    store = tmp_path / "store"
+    assert main(["extract", f"@{listing}", str(corpus / "silent.mp4"),
+                 "--store", str(store), "--workers", "1", "--limit", "2", "--random-weights",
+                 "--no-progress", "--features", "vggish"]) == 0
+    assert sorted(vidfeat.open_store(str(store)).videos()) == ["clip", "talk"]
+
+
+def test_broken_file_is_recorded_and_others_survive(corpus: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(corpus / "talk.mp4", videos / "good.mp4")
+    (videos / "broken.mp4").write_bytes((corpus / "talk.mp4").read_bytes()[:3000])
+    store = tmp_path / "store"
+    code = main(["extract", str(videos), "--store", str(store), "--workers", "1",
+                 "--random-weights", "--no-progress", "--features", "vggish"])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "FAILED broken vggish" in out and "broken.mp4" in out
+    features = vidfeat.open_store(str(store))
+    assert features.videos() == ["good"]
+    assert [(v, f, s) for v, f, s, _ in features.failures()] == [("broken", "vggish", "failed")]
+
+
+def test_missing_weights_is_one_line_error(corpus: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIDFEAT_HOME", str(tmp_path / "home"))
+    code = main(["extract", str(corpus), "--store", str(tmp_path / "s"), "--no-progress",
+                 "--features", "resnet152"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "resnet152-394f9c45.pth" in err and "vidfeat weights fetch" in err
+
+
+def test_video_id_collision_is_an_error(corpus: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    make_video(other / "talk.mp4", seconds=1.0)
+    code = main(["extract", str(corpus / "talk.mp4"), str(other / "talk.mp4"), "--store",
+                 str(tmp_path / "s"), "--random-weights", "--no-progress"])
+    assert code == 2 and "collision" in capsys.readouterr().err
+
+
+def test_unknown_extractor_and_bad_device(corpus: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    assert main(["extract", str(corpus), "--store", str(tmp_path / "s"),
+                 "--features", "nosuch", "--random-weights"]) == 2
+    assert "unknown extractor 'nosuch'" in capsys.readouterr().err
+    assert main(["extract", str(corpus), "--store", str(tmp_path / "s"),
+                 "--device", "tpu", "--random-weights"]) == 2

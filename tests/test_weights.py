@@ -1,0 +1,119 @@
+"""Weights management offline: files we create, imported, fetched from a local mirror, verified."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vidfeat
+from vidfeat.cli import main
+from vidfeat.extractors import get_extractor
+from vidfeat.extractors.weights import PIN_SUFFIX, home, sha256_file
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("VIDFEAT_HOME", str(tmp_path / "home"))
+    return home()
+
+
+def _seeded_state(name: str, seed: int = 7) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return get_extractor(name)().build_model().state_dict()
+
+
+@pytest.fixture
+def c3d_file(tmp_path: Path) -> Path:
+    path = tmp_path / "downloads" / "c3d.pickle"
+    path.parent.mkdir()
+    torch.save(_seeded_state("c3d"), path)
+    return path
+
+
+def test_import_pins_an_unhashed_file_and_list_shows_it(c3d_file: Path, cache: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    assert main(["weights", "list"]) == 0
+    assert "c3d-sports1m" in capsys.readouterr().out
+    assert main(["weights", "import", "c3d-sports1m", str(c3d_file)]) == 0
+    installed = cache / "c3d.pickle"
+    assert installed.read_bytes() == c3d_file.read_bytes()
+    pin = installed.with_name("c3d.pickle" + PIN_SUFFIX).read_text().strip()
+    assert pin == sha256_file(c3d_file)
+    capsys.readouterr()
+    main(["weights", "list"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("c3d-sports1m"))
+    assert "verified" in line
+
+
+def test_import_refuses_a_file_that_is_not_the_published_one(tmp_path: Path, cache: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    fake = tmp_path / "resnet152-394f9c45.pth"
+    torch.save(_seeded_state("resnet152"), fake)
+    assert main(["weights", "import", "resnet152-imagenet1k-v1", str(fake)]) == 2
+    assert "394f9c45" in capsys.readouterr().err
+    assert not (cache / fake.name).exists() and not list(cache.glob(".partial-*"))
+
+
+def test_fetch_from_a_mirror_and_verify_before_every_use(c3d_file: Path, cache: Path,
+                                                         corpus: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(c3d_file.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        mirror = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["weights", "fetch", "c3d-sports1m", "--mirror", mirror]) == 0
+    finally:
+        server.shutdown()
+    store = tmp_path / "store"
+    assert main(["extract", str(corpus / "talk.mp4"), "--store", str(store), "--features",
+                 "c3d", "--workers", "1", "--no-progress"]) == 0
+    attrs = vidfeat.open_store(str(store)).attrs("talk", "c3d")
+    assert attrs["weights_sha256"] == sha256_file(c3d_file) and not attrs["random_weights"]
+
+    cached = cache / "c3d.pickle"
+    cached.write_bytes(cached.read_bytes()[:-10] + b"0123456789")  # bit rot in the cache
+    capsys.readouterr()
+    assert main(["extract", str(corpus / "talk.mp4"), "--store", str(tmp_path / "s2"),
+                 "--features", "c3d", "--no-progress"]) == 2
+    assert "does not match" in capsys.readouterr().err
+
+
+def test_users_own_weights_file_is_loaded_and_recorded(tmp_path: Path, corpus: Path) -> None:
+    state = _seeded_state("vggish", seed=3)
+    mine = tmp_path / "finetuned-vggish.pt"
+    torch.save(state, mine)
+    store = tmp_path / "store"
+    assert main(["extract", str(corpus / "talk.mp4"), "--store", str(store), "--features",
+                 "vggish", "--weights", f"vggish={mine}", "--workers", "1",
+                 "--no-progress"]) == 0
+    features = vidfeat.open_store(str(store))
+    assert features.attrs("talk", "vggish")["weights_sha256"] == sha256_file(mine)
+    # the same file loaded by hand gives the same rows (float16 storage tolerance)
+    from vidfeat.extractors.weights import load_weights
+    from vidfeat.media import load_audio, probe
+
+    extractor = get_extractor("vggish")()
+    extractor.load(load_weights("vggish", "vggish-audioset", file=mine))
+    info = probe(corpus / "talk.mp4")
+    items, _ = extractor.audio_items(load_audio(info), info.audio_start)
+    expected = extractor.embed(torch.stack([item.tensor for item in items]))
+    np.testing.assert_allclose(features.get("talk", "vggish"), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_a_file_with_other_keys_is_refused(tmp_path: Path, corpus: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"conv1.weight": torch.zeros(1)}, wrong)
+    code = main(["extract", str(corpus / "talk.mp4"), "--store", str(tmp_path / "s"),
+                 "--features", "vggish", "--weights", f"vggish={wrong}", "--workers", "1",
+                 "--no-progress"])
+    assert code == 1
+    assert "not vggish weights" in capsys.readouterr().out
