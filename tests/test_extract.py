@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import vidfeat
 from tests.conftest import make_video
@@ -147,3 +148,8 @@ def test_unknown_extractor_and_bad_device(corpus: Path, tmp_path: Path,
     assert "unknown extractor 'nosuch'" in capsys.readouterr().err
     assert main(["extract", str(corpus), "--store", str(tmp_path / "s"),
                  "--device", "tpu", "--random-weights"]) == 2
+    if not torch.cuda.is_available():  # never a silent fall back to the CPU
+        capsys.readouterr()
+        assert main(["extract", str(corpus), "--store", str(tmp_path / "s"),
+                     "--device", "cuda", "--random-weights"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err

@@ -117,6 +117,12 @@ class Extractor(ABC):
         raise TypeError(f"{self.name} is not an audio extractor")
 
 
+# PTS * time_base is inexact in binary (2.9 s at 1/10240 s is 2.9000000000000004): times this
+# close are the same instant, or a frame starting at a target time would lose it to its
+# predecessor, and a video ending at a target time would get an extra row
+_SAME_INSTANT = 1e-6
+
+
 class FrameSampler(Sampler):
     """Selects single frames: ``fps`` per second by presentation time, or ``count`` frames at
     ``round(linspace(0, N-1, count))`` of the N frames (as S2VT pipelines do).
@@ -157,10 +163,10 @@ class FrameSampler(Sampler):
         ready: list[Item] = []
         previous, self._previous = self._previous, frame
         target = self._next_target / self._fps
-        if previous is not None and frame.time > target:
+        if previous is not None and frame.time > target + _SAME_INSTANT:
             # the previous frame is on screen at the target time
             ready = self._take(previous)
-            while self._next_target / self._fps < frame.time:
+            while self._next_target / self._fps < frame.time - _SAME_INSTANT:
                 self._next_target += 1
         return ready
 
@@ -168,7 +174,7 @@ class FrameSampler(Sampler):
         ready: list[Item] = []
         last = self._previous
         if self._fps is not None and last is not None:
-            if self._next_target / self._fps < end_time or not self._pending:
+            if self._next_target / self._fps < end_time - _SAME_INSTANT or not self._pending:
                 ready = self._take(last)
         ready += [Item(t, s, max(end_time, s)) for t, s in self._pending]
         self._pending = []

@@ -208,18 +208,7 @@ class LoadedWeights:
         """Load with the exact key set the extractor expects; a mismatch names the keys."""
         if self.state_dict is None:
             raise WeightsError(f"{extractor}: random weights have no state dict to load")
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(self.state_dict))
-        unexpected = sorted(set(self.state_dict) - set(expected))
-        wrong = sorted(k for k in expected if k in self.state_dict
-                       and tuple(self.state_dict[k].shape) != tuple(expected[k].shape))
-        if missing or unexpected or wrong:
-            parts = [f"missing {missing[:4]}" if missing else "",
-                     f"unexpected {unexpected[:4]}" if unexpected else "",
-                     f"wrong shape {wrong[:4]}" if wrong else ""]
-            raise WeightsError(
-                f"{self.source}: not {extractor} weights: " + "; ".join(p for p in parts if p)
-            )
+        check_keys(self.state_dict, model, extractor, self.source)
         model.load_state_dict(self.state_dict)
 
     def auxiliary(self, name: str) -> Path | None:
@@ -231,9 +220,31 @@ class LoadedWeights:
         return path
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def check_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, extractor: str,
+               source: str) -> None:
+    """WeightsError unless ``state_dict`` has exactly the model's keys and shapes."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = sorted(k for k in expected if k in state_dict
+                   and tuple(state_dict[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing[:4]}" if missing else "",
+                 f"unexpected {unexpected[:4]}" if unexpected else "",
+                 f"wrong shape {wrong[:4]}" if wrong else ""]
+        raise WeightsError(f"{source}: not {extractor} weights: "
+                           + "; ".join(p for p in parts if p))
+
+
+def read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``; ``mmap`` maps it instead of reading it (to check keys)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
     except Exception as error:  # torch raises many types for a bad file
         raise WeightsError(f"{path}: not a loadable state dict: {error}") from error
     if not isinstance(state, dict):

@@ -20,7 +20,15 @@ import torch
 from vidfeat import __version__
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.extractors._api import Extractor, Item, get_extractor
-from vidfeat.extractors.weights import load_weights, locate, sha256_file, spec, verify
+from vidfeat.extractors.weights import (
+    check_keys,
+    load_weights,
+    locate,
+    read_state_dict,
+    sha256_file,
+    spec,
+    verify,
+)
 from vidfeat.media import MediaInfo, iter_frames, load_audio, probe
 from vidfeat.pipeline.corpus import VideoSource, fingerprint
 from vidfeat.storage.schema import FeatureRecord, VideoRecord
@@ -59,9 +67,15 @@ class ExtractorSpec:
         return verify(spec(extractor.weights_name), path)
 
     def describe(self) -> Extractor:
-        """An unloaded extractor whose ``config_hash()`` is the one the loaded one will have."""
+        """An unloaded extractor whose ``config_hash()`` is the one the loaded one will have.
+        A user's weights file is checked for the right keys here, before any worker starts."""
         extractor = self.build()
         extractor.weights_sha256 = self.weights_sha256(extractor)
+        if self.weights_file:
+            with torch.device("meta"):  # shapes only: no memory, no initialisation
+                model = extractor.build_model()
+            check_keys(read_state_dict(Path(self.weights_file), mmap=True), model, self.name,
+                       self.weights_file)
         return extractor
 
     def load(self, device: torch.device) -> Extractor:

@@ -190,8 +190,9 @@ class StoreIndex:
         ).fetchone()
         if row is None:
             return None
-        return dict(zip(("video_id", "shard", "fingerprint", "source_path"), row[:4]),
-                    attrs=json.loads(row[4]))
+        video_id, shard, fingerprint, source_path, attrs = row
+        return {"video_id": video_id, "shard": shard, "fingerprint": fingerprint,
+                "source_path": source_path, "attrs": json.loads(attrs)}
 
     def videos(self) -> dict[str, dict[str, Any]]:
         """Every indexed video's attributes, by video id."""

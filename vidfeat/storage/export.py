@@ -1,0 +1,138 @@
+"""Exporting features into the layouts other tools read.
+
+``export_npy`` follows v-iashin/video_features (``--on_extraction save_numpy``): a directory per
+feature, and per video ``<video_id>_<feature>.npy`` [N, D] float32, ``<video_id>_timestamps_ms.npy``
+[N] float64 (each row's start, in milliseconds) and ``<video_id>_fps.npy`` (a 0-d float64: the
+feature's sampling rate if it has one, else the video's frame rate; left out when neither is
+known), e.g. ``OUT/resnet152/v1_resnet152.npy``.
+
+``export_paddle`` writes PaddleVideo MultimodalVideoTag's input: one pickle ``<video_id>.pkl``
+per video, ``{'video': id, 'feature': {'image_pkl': (T, 2048), 'audio_pkl': (T', 128)},
+'label': [ids]}``, float32. Its reader (scenario_lib/datareader/feature_reader.py) indexes
+``audio_pkl`` unconditionally and substitutes zeros (10, 128) itself when that array has no
+rows. So a video without audio features gets an empty (0, 128) ``audio_pkl``: the file holds no
+invented values, the reader applies its documented fallback, and the videos concerned are
+logged and listed in ``OUT/audio_missing.tsv`` with the store's reason. A video without image
+features cannot be used by that model and is not exported (logged, and listed in
+``OUT/image_missing.tsv``).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from vidfeat.storage.index import FeatureEntry
+from vidfeat.storage.reader import FeatureStore, open_store
+
+log = logging.getLogger(__name__)
+
+# Python 3.4+ reads protocol 4; PaddleVideo's reader loads with encoding='iso-8859-1'
+PICKLE_PROTOCOL = 4
+
+
+def export_npy(store_or_path: FeatureStore | str | Path, outdir: str | Path,
+               features: list[str] | None = None) -> int:
+    """Write every successful (video, feature) as video_features-style .npy files.
+
+    Returns the number of files written.
+    """
+    outdir = Path(outdir)
+    written = 0
+    with _opened(store_or_path) as store:
+        for video_id in store.videos():
+            video_fps = store.attrs(video_id).get("fps")
+            for feature in store.features(video_id):
+                if features is not None and feature not in features:
+                    continue
+                folder = outdir / feature
+                folder.mkdir(parents=True, exist_ok=True)
+                np.save(folder / f"{video_id}_{feature}.npy", store.get(video_id, feature))
+                np.save(folder / f"{video_id}_timestamps_ms.npy",
+                        store.times(video_id, feature)[:, 0] * 1000.0)
+                written += 2
+                fps = store.attrs(video_id, feature).get("fps")
+                fps = fps if _is_number(fps) else video_fps
+                if _is_number(fps):
+                    np.save(folder / f"{video_id}_fps.npy", np.array(fps, dtype=np.float64))
+                    written += 1
+    return written
+
+
+def export_paddle(
+    store_or_path: FeatureStore | str | Path,
+    outdir: str | Path,
+    labels: dict[str, list[int]] | None = None,
+    image: str = "resnet152",
+    audio: str = "vggish",
+) -> int:
+    """Write one MultimodalVideoTag pickle per video with ``image`` features.
+
+    Returns the number of pickles written; see the module docstring for missing audio.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    audio_missing: list[tuple[str, str]] = []
+    image_missing: list[tuple[str, str]] = []
+    written = 0
+    with _opened(store_or_path) as store:
+        entries = {(e.video_id, e.feature): e for e in store.entries()}
+        audio_dim = _dim(entries.values(), audio)
+        for video_id in sorted({video_id for video_id, _ in entries}):
+            available = store.features(video_id)
+            if image not in available:
+                image_missing.append((video_id, _why_missing(entries.get((video_id, image)))))
+                continue
+            if audio in available:
+                audio_rows = store.get(video_id, audio)
+            else:
+                audio_rows = np.zeros((0, audio_dim), dtype=np.float32)
+                audio_missing.append((video_id, _why_missing(entries.get((video_id, audio)))))
+            record = {
+                "video": video_id,
+                "feature": {"image_pkl": store.get(video_id, image), "audio_pkl": audio_rows},
+                "label": list((labels or {}).get(video_id, [])),
+            }
+            with open(outdir / f"{video_id}.pkl", "wb") as file:
+                pickle.dump(record, file, protocol=PICKLE_PROTOCOL)
+            written += 1
+    for name, missing, consequence in (
+        ("audio_missing.tsv", audio_missing, f"empty audio_pkl (0, {audio_dim})"),
+        ("image_missing.tsv", image_missing, "not exported"),
+    ):
+        if missing:
+            (outdir / name).write_text("".join(f"{v}\t{why}\n" for v, why in missing))
+            log.warning("%d videos without %s: %s; listed in %s", len(missing),
+                        audio if name.startswith("audio") else image, consequence,
+                        outdir / name)
+    return written
+
+
+def _dim(entries: Iterable[FeatureEntry], feature: str) -> int:
+    """The feature's width in this store; VGGish's 128 if no video has it."""
+    dims = {e.dim for e in entries if e.feature == feature and e.status == "ok"}
+    if len(dims) > 1:
+        raise ValueError(f"{feature} has several widths in this store: {sorted(dims)}")
+    return dims.pop() if dims else 128
+
+
+def _why_missing(entry: FeatureEntry | None) -> str:
+    return "not extracted" if entry is None else f"{entry.status}: {entry.reason}"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+@contextmanager
+def _opened(store_or_path: FeatureStore | str | Path) -> Iterator[FeatureStore]:
+    if isinstance(store_or_path, FeatureStore):
+        yield store_or_path
+        return
+    with open_store(store_or_path) as store:
+        yield store

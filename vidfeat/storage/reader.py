@@ -1,0 +1,265 @@
+"""Reading features back: ``open_store(path)`` for a store directory or a merged ``.h5`` file.
+
+A FeatureStore is cheap to create and safe to hand to DataLoader workers: it loads the index
+into memory on first use, opens HDF5 files only when a read needs them, drops handles it
+inherited through fork (HDF5 handles must not be shared between processes) and pickles as
+its path alone, so spawned workers reopen everything themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import numpy.typing as npt
+
+from vidfeat.errors import StoreError
+from vidfeat.storage.index import FeatureEntry, StoreIndex
+from vidfeat.storage.schema import INDEX_FILE, MERGED_FORMAT, VIDEOS_GROUP
+from vidfeat.storage.writer import check_schema_version, python_value, read_attrs, require_store
+
+# the merged file's copy of the index (JSON bytes), so opening it does not walk every group
+MERGED_INDEX_DATASET = "index"
+ALIGN_METHODS = ("mean", "nearest")
+MAX_OPEN_FILES = 64
+
+
+@dataclass
+class AlignedFeatures:
+    """Several features resampled onto one time grid: ``times[k] = [k*grid, (k+1)*grid]``."""
+
+    times: np.ndarray  # [M, 2] seconds
+    features: dict[str, np.ndarray]  # name -> [M, D]
+
+    def concat(self) -> np.ndarray:
+        """The features side by side, in the order they were asked for: [M, sum of D]."""
+        return np.concatenate(list(self.features.values()), axis=1)
+
+
+class FeatureStore:
+    """Read access to a store directory or a merged file. See ``open_store``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.merged = self.path.is_file()
+        if self.merged:
+            _check_merged(self.path)
+        else:
+            require_store(self.path)
+        self._entries: dict[tuple[str, str], FeatureEntry] | None = None
+        self._features_by_video: dict[str, dict[str, FeatureEntry]] = {}
+        self._video_attrs: dict[str, dict[str, Any]] = {}
+        self._reset_handles()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r})"
+
+    def close(self) -> None:
+        """Close the files this process opened (the loaded index stays usable)."""
+        if self._pid == os.getpid():
+            with self._lock:
+                for handle in self._handles.values():
+                    handle.close()
+        self._reset_handles()
+
+    def videos(self) -> list[str]:
+        """Videos with at least one feature that extracted successfully."""
+        self._load()
+        return sorted(v for v, features in self._features_by_video.items()
+                      if any(e.status == "ok" for e in features.values()))
+
+    def features(self, video_id: str) -> list[str]:
+        """The features ``get`` can read for ``video_id``."""
+        return sorted(f for f, e in self._video_entries(video_id).items() if e.status == "ok")
+
+    def entries(self) -> list[FeatureEntry]:
+        """Every (video, feature) the store knows, failures included."""
+        self._load()
+        return list(self._entries.values())
+
+    def failures(self) -> list[tuple[str, str, str, str]]:
+        """``(video_id, feature, status, reason)`` for every failed or skipped feature."""
+        return sorted((e.video_id, e.feature, e.status, e.reason) for e in self.entries()
+                      if e.status != "ok")
+
+    def get(self, video_id: str, feature: str,
+            dtype: npt.DTypeLike | None = np.float32) -> np.ndarray:
+        """The feature's rows [N, D], converted to ``dtype`` (None: as stored)."""
+        entry = self._ok_entry(video_id, feature)
+        data = self._dataset(entry, "data")[()]
+        return data if dtype is None else data.astype(dtype, copy=False)
+
+    def times(self, video_id: str, feature: str) -> np.ndarray:
+        """Each row's [start, end] in seconds from the video start: [N, 2] float64."""
+        return self._dataset(self._ok_entry(video_id, feature), "times")[()]
+
+    def attrs(self, video_id: str, feature: str | None = None) -> dict[str, Any]:
+        """The video's attributes, or those of one of its features (failed ones too)."""
+        entries = self._video_entries(video_id)
+        if feature is None:
+            return dict(self._video_attrs.get(video_id, {}))
+        if feature not in entries:
+            raise KeyError(f"video {video_id!r} has no feature {feature!r}")
+        entry = entries[feature]
+        return read_attrs(self._file(entry)[f"{VIDEOS_GROUP}/{video_id}/{feature}"])
+
+    def aligned(self, video_id: str, features: list[str], grid: float = 1.0,
+                how: str = "mean") -> AlignedFeatures:
+        """``features`` resampled onto cells ``[k*grid, (k+1)*grid)`` covering the video.
+
+        ``mean``: the mean of the rows whose spans overlap the cell (the row whose centre is
+        nearest the cell's centre when none does); ``nearest``: the row whose centre is
+        nearest the cell's centre (the earlier row on a tie).
+        """
+        if not grid > 0:
+            raise ValueError(f"grid must be a positive number of seconds, got {grid}")
+        if how not in ALIGN_METHODS:
+            raise ValueError(f"how must be one of {ALIGN_METHODS}, got {how!r}")
+        if not features:
+            raise ValueError("aligned() needs at least one feature")
+        series = {name: (self.get(video_id, name), self.times(video_id, name))
+                  for name in features}
+        for name, (data, _) in series.items():
+            if not len(data):
+                raise ValueError(f"{video_id}/{name} has no rows to align")
+        duration = self._video_attrs.get(video_id, {}).get("duration")
+        if not isinstance(duration, (int, float)) or not duration > 0:
+            duration = max(float(times[:, 1].max()) for _, times in series.values())
+        count = max(1, math.ceil(round(duration / grid, 9)))
+        starts = np.arange(count) * grid
+        cells = np.stack([starts, starts + grid], axis=1)
+        return AlignedFeatures(
+            cells, {name: _resample(data, times, cells, how)
+                    for name, (data, times) in series.items()}
+        )
+
+    def _load(self) -> None:
+        if self._entries is not None:
+            return
+        if self.merged:
+            index = json.loads(self._file(None)[MERGED_INDEX_DATASET][()].tobytes())
+            entries = [FeatureEntry(*row) for row in index["entries"]]
+            self._video_attrs = index["videos"]
+        else:
+            if not (self.path / INDEX_FILE).exists():
+                raise StoreError(f"{self.path}: the index is missing; "
+                                 f"run `vidfeat verify {self.path} --repair`")
+            index = StoreIndex(self.path)
+            try:
+                entries = index.entries()
+                self._video_attrs = index.videos()
+            finally:
+                index.close()
+        by_video: dict[str, dict[str, FeatureEntry]] = {}
+        for entry in entries:
+            by_video.setdefault(entry.video_id, {})[entry.feature] = entry
+        self._features_by_video = by_video
+        self._entries = {(e.video_id, e.feature): e for e in entries}
+
+    def _video_entries(self, video_id: str) -> dict[str, FeatureEntry]:
+        self._load()
+        try:
+            return self._features_by_video[video_id]
+        except KeyError:
+            raise KeyError(f"video {video_id!r} is not in {self.path}") from None
+
+    def _ok_entry(self, video_id: str, feature: str) -> FeatureEntry:
+        entries = self._video_entries(video_id)
+        entry = entries.get(feature)
+        if entry is None:
+            raise KeyError(f"video {video_id!r} has no feature {feature!r} "
+                           f"(it has {sorted(entries)})")
+        if entry.status != "ok":
+            raise KeyError(f"{video_id!r}/{feature} has no data: {entry.status}: {entry.reason}")
+        return entry
+
+    def _dataset(self, entry: FeatureEntry, name: str) -> h5py.Dataset:
+        path = f"{VIDEOS_GROUP}/{entry.video_id}/{entry.feature}/{name}"
+        try:
+            return self._file(entry)[path]
+        except KeyError:
+            raise StoreError(f"{entry.shard}: {path} is missing although the index lists it; "
+                             f"run `vidfeat verify {self.path}`") from None
+
+    def _file(self, entry: FeatureEntry | None) -> h5py.File:
+        """The open file holding ``entry`` (the merged file itself for a merged store)."""
+        if self._pid != os.getpid():
+            self._reset_handles()  # inherited through fork: never touch the parent's handles
+        key = "" if self.merged or entry is None else entry.shard
+        with self._lock:
+            handle = self._handles.get(key)
+            if handle is not None:
+                self._handles.move_to_end(key)
+                return handle
+            path = self.path if key == "" else self.path / key
+            try:
+                handle = h5py.File(path, "r", locking=False)
+            except OSError as error:
+                raise StoreError(f"{path}: cannot open ({error}); "
+                                 f"run `vidfeat verify {self.path}`") from error
+            self._handles[key] = handle
+            if len(self._handles) > MAX_OPEN_FILES:
+                self._handles.popitem(last=False)[1].close()
+            return handle
+
+    def _reset_handles(self) -> None:
+        self._handles: OrderedDict[str, h5py.File] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+
+def open_store(path: str | Path) -> FeatureStore:
+    """Open a store directory, or a merged single-file store (``.h5``), for reading."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such store or merged file")
+    return FeatureStore(path)
+
+
+def _check_merged(path: Path) -> None:
+    try:
+        with h5py.File(path, "r", locking=False) as h5:
+            root = {key: python_value(value) for key, value in h5.attrs.items()}
+    except OSError as error:
+        raise StoreError(f"{path}: not a readable HDF5 file: {error}") from error
+    if root.get("format") != MERGED_FORMAT:
+        raise StoreError(f"{path}: not a merged vidfeat store (format {root.get('format')!r})")
+    check_schema_version(int(root.get("schema_version", 0)), path)
+
+
+def _resample(data: np.ndarray, times: np.ndarray, cells: np.ndarray, how: str) -> np.ndarray:
+    starts, ends = times[:, 0], times[:, 1]
+    centres = times.mean(axis=1)
+    resampled = np.empty((len(cells), data.shape[1]), dtype=np.float32)
+    for k, (cell_start, cell_end) in enumerate(cells):
+        if how == "mean":
+            # half-open spans; a zero-length row belongs to the cell its instant falls in
+            overlaps = (starts < cell_end) & (
+                (ends > cell_start) | ((ends == starts) & (starts >= cell_start))
+            )
+            rows = np.flatnonzero(overlaps)
+            if rows.size:
+                resampled[k] = data[rows].mean(axis=0, dtype=np.float64)
+                continue
+        resampled[k] = data[np.argmin(np.abs(centres - (cell_start + cell_end) / 2))]
+    return resampled
