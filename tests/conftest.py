@@ -15,7 +15,7 @@ def ffmpeg(*args: str) -> None:
 def make_video(path: Path, *, seconds: float = 2.0, size: str = "96x72", fps: int = 8,
                audio: bool = True, source: str = "testsrc2") -> Path:
     """H.264/AAC for .mp4, VP9/Opus for .webm; ``audio=False`` leaves the audio stream out."""
-    inputs = ["-f", "lavfi", "-i", f"{source}=size={size}:rate={fps}:duration={seconds}"]
+    inputs = ["-f", "lavfi", "-t", str(seconds), "-i", f"{source}=size={size}:rate={fps}"]
     if audio:
         inputs += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={seconds}"]
     if path.suffix == ".webm":

@@ -145,6 +145,9 @@ def plan(videos: list[VideoSource], store: Path, specs: dict[str, ExtractorSpec]
 def _client(options: RunOptions) -> Iterator[object]:
     from distributed import Client, LocalCluster
 
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # distributed logs every worker start/stop at INFO: noise next to the progress bar
+        logging.getLogger("distributed").setLevel(logging.ERROR)
     if options.scheduler:
         with Client(options.scheduler, timeout="30s") as client:
             yield client

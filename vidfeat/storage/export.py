@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from vidfeat.storage.index import FeatureEntry
-from vidfeat.storage.reader import FeatureStore, open_store
+from vidfeat.storage.reader import FeatureStore, using_store
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ def export_npy(store_or_path: FeatureStore | str | Path, outdir: str | Path,
     """
     outdir = Path(outdir)
     written = 0
-    with _opened(store_or_path) as store:
+    with using_store(store_or_path) as store:
         for video_id in store.videos():
             video_fps = store.attrs(video_id).get("fps")
             for feature in store.features(video_id):
@@ -80,7 +79,7 @@ def export_paddle(
     audio_missing: list[tuple[str, str]] = []
     image_missing: list[tuple[str, str]] = []
     written = 0
-    with _opened(store_or_path) as store:
+    with using_store(store_or_path) as store:
         entries = {(e.video_id, e.feature): e for e in store.entries()}
         audio_dim = _dim(entries.values(), audio)
         for video_id in sorted({video_id for video_id, _ in entries}):
@@ -127,12 +126,3 @@ def _why_missing(entry: FeatureEntry | None) -> str:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-
-
-@contextmanager
-def _opened(store_or_path: FeatureStore | str | Path) -> Iterator[FeatureStore]:
-    if isinstance(store_or_path, FeatureStore):
-        yield store_or_path
-        return
-    with open_store(store_or_path) as store:
-        yield store
