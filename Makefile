@@ -10,7 +10,7 @@ DEMO := demo
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || bash scripts/install_ffmpeg.sh
+	@bash scripts/install_system_packages.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1

@@ -162,11 +162,13 @@ def test_espeak_speech_through_the_decoder_matches_reference(tmp_path):
 
 # ---- items ----------------------------------------------------------------------------------
 def test_hop_one_second_gives_examples_every_100_frames():
-    waveform = (0.3 * np.random.default_rng(1).standard_normal(5 * RATE)).astype(np.float32)
+    # 9.7 s: 968 frames, room for 10 examples 96 frames apart but only 9 100 frames apart
+    waveform = (0.3 * np.random.default_rng(1).standard_normal(155200)).astype(np.float32)
     log_mel = reference_log_mel(waveform)
+    assert len(log_mel) == 968
     items, padded = VGGish(hop=1.0).audio_items(waveform, 10.0)
     assert not padded
-    assert len(items) == 5
+    assert len(items) == 9
     for index, item in enumerate(items):
         assert item.tensor.shape == (1, 96, 64) and item.tensor.dtype == torch.float32
         np.testing.assert_allclose(item.tensor[0].numpy(), log_mel[100 * index:100 * index + 96],
@@ -174,7 +176,8 @@ def test_hop_one_second_gives_examples_every_100_frames():
         assert item.start == pytest.approx(10.0 + index)
         assert item.end == pytest.approx(10.0 + index + 0.96)
     default_items, _ = VGGish().audio_items(waveform, 10.0)
-    assert [round(i.start, 6) for i in default_items] == [10.0, 10.96, 11.92, 12.88, 13.84]
+    assert len(default_items) == 10
+    assert [round(i.start, 6) for i in default_items[:4]] == [10.0, 10.96, 11.92, 12.88]
 
 
 def test_short_audio_gives_one_padded_example():

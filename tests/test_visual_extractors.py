@@ -262,7 +262,7 @@ def _caffe_c3d(images: list[np.ndarray], starts: list[int], state: dict[str, tor
                   for image in images[start:start + 16]]
         volume = np.stack(frames).transpose(3, 0, 1, 2).astype(np.float32) - mean_volume
         clips.append(volume[:, :, h_off:h_off + 112, w_off:w_off + 112])
-    x = torch.from_numpy(np.stack(clips))
+    x = network_input = torch.from_numpy(np.stack(clips))
 
     def conv(name: str, x: torch.Tensor) -> torch.Tensor:
         return F.relu(F.conv3d(x, state[f"{name}.weight"], state[f"{name}.bias"], padding=1))
@@ -276,7 +276,7 @@ def _caffe_c3d(images: list[np.ndarray], starts: list[int], state: dict[str, tor
         flat = pool5.reshape(len(starts), -1)  # C, D, H, W order
         fc6 = F.relu(F.linear(flat, state["fc6.weight"], state["fc6.bias"]))
         fc7 = F.relu(F.linear(fc6, state["fc7.weight"], state["fc7.bias"]))
-    return {"input": x, "pool5": pool5, "flat": flat, "fc6": fc6, "fc7": fc7}
+    return {"input": network_input, "pool5": pool5, "flat": flat, "fc6": fc6, "fc7": fc7}
 
 
 SPORTS1M_MEAN = np.array([90.25, 97.66, 101.41], dtype=np.float32).reshape(3, 1, 1, 1)

@@ -63,7 +63,9 @@ def frame_count(samples: int) -> int:
 
 def log_mel_spectrogram(waveform: np.ndarray) -> np.ndarray:
     """16 kHz mono samples -> float64 [frames, 64] of ``log(|STFT| @ mel + 0.01)``."""
-    samples = np.ascontiguousarray(waveform, dtype=np.float64)
+    samples = np.asarray(waveform)
+    if not np.issubdtype(samples.dtype, np.floating):
+        samples = samples.astype(np.float64)
     if samples.ndim != 1:
         raise ValueError(f"expected a mono waveform (1-D), got shape {samples.shape}")
     count = frame_count(samples.size)
@@ -74,7 +76,9 @@ def log_mel_spectrogram(waveform: np.ndarray) -> np.ndarray:
     window = periodic_hann()
     weights = mel_matrix()
     for first in range(0, count, _FRAMES_PER_BLOCK):
-        block = frames[first:first + _FRAMES_PER_BLOCK] * window
+        # float32 samples become float64 here, block by block: exact, and an hour of audio is
+        # never held in float64 at once
+        block = frames[first:first + _FRAMES_PER_BLOCK].astype(np.float64) * window
         magnitude = np.abs(np.fft.rfft(block, FFT_LENGTH, axis=1))
         result[first:first + len(block)] = np.log(magnitude @ weights + LOG_OFFSET)
     return result
@@ -83,10 +87,11 @@ def log_mel_spectrogram(waveform: np.ndarray) -> np.ndarray:
 def frames_to_examples(log_mel: np.ndarray, hop_frames: int = EXAMPLE_FRAMES) -> np.ndarray:
     """[frames, 64] -> float32 [examples, 96, 64], one example every ``hop_frames`` frames,
     an incomplete last example dropped."""
-    spare = len(log_mel) - EXAMPLE_FRAMES
-    count = 0 if spare < 0 else 1 + spare // hop_frames
-    rows = np.arange(count)[:, None] * hop_frames + np.arange(EXAMPLE_FRAMES)
-    return log_mel[rows].astype(np.float32)
+    if len(log_mel) < EXAMPLE_FRAMES:
+        return np.empty((0, EXAMPLE_FRAMES, MEL_BANDS), dtype=np.float32)
+    # a strided view, [examples, 64, 96]; the float32 cast is the only copy
+    windows = np.lib.stride_tricks.sliding_window_view(log_mel, EXAMPLE_FRAMES, axis=0)
+    return windows[::hop_frames].transpose(0, 2, 1).astype(np.float32)
 
 
 def waveform_to_examples(waveform: np.ndarray, hop_frames: int = EXAMPLE_FRAMES) -> np.ndarray:

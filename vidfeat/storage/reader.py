@@ -265,11 +265,22 @@ def _check_merged(path: Path) -> None:
 
 def _converted(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if data.dtype == np.float16 and dtype == np.float32:
-        # numpy widens float16 one element at a time (~3 ns each); torch uses F16C, ~15x faster
-        import torch
-
-        return torch.from_numpy(data).float().numpy()
+        return _float16_to_float32(data)
     return data.astype(dtype, copy=False)
+
+
+def _float16_to_float32(data: np.ndarray) -> np.ndarray:
+    """Exact, and about 4x faster than numpy's own cast, which widens one element at a time.
+
+    float16's exponent and mantissa, moved to float32's bit positions, read as a float32 that
+    is 2**112 (the difference of the exponent biases) too small; the multiply also normalises
+    float16's subnormals. Infinities and NaNs (exponent all ones) are set apart.
+    """
+    half = data.view(np.uint16).astype(np.uint32)
+    magnitude = ((half & 0x7FFF) << 13).view(np.float32) * np.float32(2.0**112)
+    special = (half & 0x7C00) == 0x7C00
+    magnitude[special] = np.where((half[special] & 0x3FF) == 0, np.inf, np.nan)
+    return (magnitude.view(np.uint32) | ((half & 0x8000) << 16)).view(np.float32)
 
 
 def _resample(data: np.ndarray, times: np.ndarray, cells: np.ndarray, how: str) -> np.ndarray:
