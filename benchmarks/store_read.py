@@ -3,11 +3,12 @@
     python benchmarks/store_read.py [layout|merge|read|all] [--videos 500] [--seed 0]
 
 layout: per-video datasets of realistic sizes written contiguous, as one chunk, gzip and lzf;
-        file size and the latency of reading one whole feature.
+        file size and the latency of reading one whole, already opened dataset.
 merge:  a merged copy vs a virtual-dataset master file over the shards: build time, size,
         open time, latency of reading one video's feature.
 read:   a synthetic store (one shard per video and modality, as the pipeline writes them):
-        random-access videos/s from the store, the merged file and one .npy per video.
+        random-access videos/s from the store, the merged file and one .npy per video, all
+        as float32 (and the merged file as stored, float16, for comparison).
 
 Everything runs in a temporary directory on the page cache (files just written), so the
 figures compare per-read overheads (metadata, decoding), not the disk.
@@ -87,7 +88,7 @@ def bench_layout(workdir: Path, rng: np.random.Generator, count: int = 200) -> N
             order = rng.permutation(count)
             with h5py.File(path, "r") as h5:
                 datasets = [h5[f"v{i}/data"] for i in order]
-                read_s = timed(lambda: [d[()] for d in datasets], 5) / count
+                read_s = timed(lambda ds=datasets: [d[()] for d in ds], 5) / count
             print(f"{feature:<10}{f'{rows}x{dim}':>12}  {layout:<16}{per_dataset / 1024:>12.1f}"
                   f"{per_dataset / raw:>7.2f}{write_ms:>10.2f}{read_s * 1e6:>9.0f}")
 
@@ -162,13 +163,13 @@ def bench_read(workdir: Path, rng: np.random.Generator, videos: int) -> None:
     export_npy(store, npy_dir)
     features = ("resnet152", "vggish")
 
-    def from_store(path: Path) -> Callable[[list[str]], None]:
+    def from_store(path: Path, dtype: type | None = np.float32) -> Callable[[list[str]], None]:
         reader = open_store(path)
 
         def read(order: list[str]) -> None:
             for video_id in order:
                 for feature in features:
-                    reader.get(video_id, feature)
+                    reader.get(video_id, feature, dtype=dtype)
         return read
 
     def from_npy(order: list[str]) -> None:
@@ -177,7 +178,7 @@ def bench_read(workdir: Path, rng: np.random.Generator, videos: int) -> None:
                 np.load(npy_dir / feature / f"{video_id}_{feature}.npy")
 
     readers = {"store (shards)": from_store(store), "merged file": from_store(merged),
-               "npy per video": from_npy}
+               "merged, float16": from_store(merged, dtype=None), "npy per video": from_npy}
     rates = {}
     for name, read in readers.items():
         order = list(rng.permutation(video_ids))
@@ -185,9 +186,9 @@ def bench_read(workdir: Path, rng: np.random.Generator, videos: int) -> None:
         later_passes = timed(lambda r=read, o=order: r(o), 3)
         rates[name] = (len(order) / first_pass, len(order) / later_passes)
     baseline = rates["npy per video"][1]
-    print(f"{'source':<16}{'videos/s 1st pass':>19}{'videos/s later':>16}{'vs npy':>8}")
+    print(f"{'source':<17}{'videos/s 1st pass':>19}{'videos/s later':>16}{'vs npy':>8}")
     for name, (first, later) in rates.items():
-        print(f"{name:<16}{first:>19.0f}{later:>16.0f}{later / baseline:>8.2f}")
+        print(f"{name:<17}{first:>19.0f}{later:>16.0f}{later / baseline:>8.2f}")
 
 
 def main() -> None:

@@ -153,3 +153,15 @@ def test_unknown_extractor_and_bad_device(corpus: Path, tmp_path: Path,
         assert main(["extract", str(corpus), "--store", str(tmp_path / "s"),
                      "--device", "cuda", "--random-weights"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_features_aligned_on_one_time_grid(store: Path) -> None:
+    features = vidfeat.open_store(str(store))
+    aligned = features.aligned("talk", ["resnet152", "c3d", "vggish"], grid=1.0)
+    assert aligned.times[:, 0].tolist() == [0.0, 1.0, 2.0]
+    assert {k: v.shape for k, v in aligned.features.items()} == {
+        "resnet152": (3, 2048), "c3d": (3, 4096), "vggish": (3, 128)}
+    assert aligned.concat().shape == (3, 2048 + 4096 + 128)
+    # one 16-frame clip covers 0-2 s: the third cell has no overlapping clip and takes the nearest
+    c3d = features.get("talk", "c3d")
+    np.testing.assert_allclose(aligned.features["c3d"], np.repeat(c3d, 3, axis=0), rtol=1e-6)

@@ -182,7 +182,7 @@ def _write_shards(store: str, worker: int) -> None:
 
 
 def test_concurrent_writers_and_indexers(store):
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")
     workers = [context.Process(target=_write_shards, args=(str(store), w)) for w in range(4)]
     for process in workers:
         process.start()

@@ -156,12 +156,17 @@ def _write_video(videos_group: h5py.Group, video: VideoRecord, dtype: np.dtype) 
             continue
         data = np.asarray(record.data)
         stored_dtype = dtype
-        if dtype == np.float16 and data.size and np.nanmax(np.abs(data)) > FLOAT16_MAX:
+        if dtype == np.float16 and _largest_finite(data) > FLOAT16_MAX:
             log.warning("%s/%s: values beyond float16's range; stored as float32",
                         video.video_id, record.feature)
             stored_dtype = np.dtype(np.float32)
         feature.create_dataset("data", data=data.astype(stored_dtype))
         feature.create_dataset("times", data=np.asarray(record.times, dtype=np.float64))
+
+
+def _largest_finite(data: np.ndarray) -> float:
+    magnitudes = np.abs(data[np.isfinite(data)])
+    return float(magnitudes.max()) if magnitudes.size else 0.0
 
 
 def set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any], owner: str) -> None:
