@@ -425,6 +425,22 @@ def test_fixed_frame_count_repeats_frames_of_a_short_video(videos: dict[str, Pat
         assert items[0].tensor.shape == (3, 224, 224)
 
 
+@pytest.mark.parametrize("counted", [22, 25])
+def test_fixed_frame_count_survives_a_frame_count_beyond_the_decoded_frames(
+        counted: int, videos: dict[str, Path]) -> None:
+    # containers may count frames that never decode (an mp4 edit list can hide the last);
+    # the rows wanted past the end repeat the last frame. With 22 counted, frame 19 is wanted
+    # itself; with 25 it is not
+    times, _ = _decode(videos["20f"])
+    info = dataclasses.replace(probe(videos["20f"]), frame_count=counted)
+    items, _ = _items(ResNet152Extractor(frames=40), videos["20f"], info)
+    wanted = np.minimum(np.round(np.linspace(0, counted - 1, 40)).astype(int), 19)
+    assert len(items) == 40
+    starts, ends = _spans(items)
+    np.testing.assert_allclose(starts, [times[i] for i in wanted], atol=1e-6)
+    np.testing.assert_allclose(ends[-1], 2.0, atol=1e-6)
+
+
 @pytest.mark.parametrize("extractor, starts", [
     (C3DExtractor(), [0]),
     (C3DExtractor(stride=8), [0, 8]),

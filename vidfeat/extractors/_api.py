@@ -158,6 +158,7 @@ class FrameSampler(Sampler):
 
     def push(self, frame: Frame) -> list[Item]:
         if self._fps is None:
+            self._previous = frame
             copies = self._wanted.get(frame.index, 0)
             return self._take(frame, copies) if copies else []
         ready: list[Item] = []
@@ -176,6 +177,14 @@ class FrameSampler(Sampler):
         if self._fps is not None and last is not None:
             if self._next_target / self._fps < end_time - _SAME_INSTANT or not self._pending:
                 ready = self._take(last)
+        elif last is not None:
+            # the container counted more frames than decoded (an edit list can hide the last
+            # ones): the frames wanted past the end repeat the last, so there are still `count`
+            missing = sum(copies for index, copies in self._wanted.items() if index > last.index)
+            if missing and self._wanted.get(last.index):
+                self._pending += self._pending[-1:] * missing
+            elif missing:
+                ready = self._take(last, missing)
         ready += [Item(t, s, max(end_time, s)) for t, s in self._pending]
         self._pending = []
         return ready
