@@ -89,7 +89,8 @@ def bench_layout(workdir: Path, rng: np.random.Generator, count: int = 200) -> N
             with h5py.File(path, "r") as h5:
                 # open each dataset afresh, as the reader does: a dataset kept open would
                 # answer repeats from its chunk cache and hide the decompression
-                read_s = timed(lambda h5=h5: [h5[f"v{i}/data"][()] for i in order], 5) / count
+                read_s = timed(lambda h5=h5, order=order: [h5[f"v{i}/data"][()] for i in order],
+                               5) / count
             print(f"{feature:<10}{f'{rows}x{dim}':>12}  {layout:<16}{per_dataset / 1024:>12.1f}"
                   f"{per_dataset / raw:>7.2f}{write_ms:>10.2f}{read_s * 1e6:>9.0f}")
 

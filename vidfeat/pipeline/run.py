@@ -55,13 +55,23 @@ class RunReport:
     frames: int = 0
     seconds: float = 0.0
     random_weights: bool = False
+    failed_videos: set[str] = field(default_factory=set)
+
+    def add(self, result: TaskReport) -> None:
+        self.frames += result.frames
+        for name, (status, reason, _) in result.status.items():
+            if status == "failed":
+                self.failed.append((result.video_id, name, reason))
+                self.failed_videos.add(result.video_id)
+            elif status == "skipped":
+                self.skipped.append((result.video_id, name, reason))
 
     @property
     def exit_code(self) -> int:
         return EXIT_FAILURES if self.failed else EXIT_OK
 
     def summary(self) -> str:
-        failed_videos = len({video for video, _, _ in self.failed})
+        failed_videos = len(self.failed_videos)
         lines = [
             f"{self.videos} videos: {self.extracted} extracted, {self.up_to_date} already up to "
             f"date, {failed_videos} with failures; {self.frames} frames decoded in "
@@ -127,6 +137,7 @@ def plan(videos: list[VideoSource], store: Path, specs: dict[str, ExtractorSpec]
             todo = list(hashes) if options.overwrite else _features_to_extract(video, index, hashes)
         except ConfigError as error:
             report.failed.extend((video.video_id, name, str(error)) for name in hashes)
+            report.failed_videos.add(video.video_id)
             continue
         if not todo:
             report.up_to_date += 1
@@ -168,7 +179,6 @@ def _failure_shard(task: VideoTask, reason: str) -> str:
 
 def run_extract(sources: list[str], store: str | Path, options: RunOptions) -> RunReport:
     """Extract ``options.features`` from the videos named by ``sources`` into ``store``."""
-    from distributed import as_completed
     from tqdm import tqdm
 
     if options.workers < 1:
@@ -191,53 +201,57 @@ def run_extract(sources: list[str], store: str | Path, options: RunOptions) -> R
     pending_by_video: dict[str, int] = {}
     for task in tasks:
         pending_by_video[task.video.video_id] = pending_by_video.get(task.video.video_id, 0) + 1
-    failed_videos: set[str] = set()
     with _client(options) as client, tqdm(total=len(pending_by_video), unit="video",
                                           disable=not options.progress, smoothing=0) as bar:
         client.register_plugin(_extractor_plugin(plugin_name, specs, options.device, threads))
-        in_flight = max(2, 2 * sum(client.nthreads().values()))
-        queue = list(reversed(tasks))
-        futures = {}
-
-        def submit() -> None:
-            task = queue.pop()
-            future = client.submit(_run_on_worker, task, plugin_name, pure=False,
-                                   key=f"{task.shard_name.split('/')[-1]}-{time.time_ns()}")
-            futures[future] = task
-            completed.add(future)
-
-        completed = as_completed()
-        for _ in range(min(in_flight, len(queue))):
-            submit()
-        for future in completed:
-            task = futures.pop(future)
-            try:
-                result: TaskReport = future.result()
-                shard = result.shard
-            except Exception as error:  # the task never reported: record why, go on
-                reason = f"task died: {type(error).__name__}: {error}".splitlines()[0]
-                shard = _failure_shard(task, reason)
-                result = TaskReport(task.video.video_id, task.kind, shard,
-                                    {n: ("failed", reason, 0) for n in task.features})
-            index.add_shard(shard)
-            report.frames += result.frames
-            for name, (status, reason, _) in result.status.items():
-                if status == "failed":
-                    report.failed.append((result.video_id, name, reason))
-                    failed_videos.add(result.video_id)
-                elif status == "skipped":
-                    report.skipped.append((result.video_id, name, reason))
-            pending_by_video[result.video_id] -= 1
-            if not pending_by_video[result.video_id]:
-                report.extracted += result.video_id not in failed_videos
-                bar.update(1)
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(failed=len(failed_videos),
-                            fps=f"{report.frames / max(elapsed, 1e-9):.1f}", refresh=False)
-            if queue:
-                submit()
+        try:
+            for result in _run_tasks(client, tasks, plugin_name):
+                index.add_shard(result.shard)
+                report.add(result)
+                pending_by_video[result.video_id] -= 1
+                if not pending_by_video[result.video_id]:
+                    report.extracted += result.video_id not in report.failed_videos
+                    bar.update(1)
+                elapsed = time.perf_counter() - started
+                bar.set_postfix(failed=len(report.failed_videos),
+                                fps=f"{report.frames / max(elapsed, 1e-9):.1f}", refresh=False)
+        finally:
+            # a shared scheduler's workers must not keep this run's models in memory
+            client.unregister_worker_plugin(plugin_name)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _run_tasks(client: object, tasks: list[VideoTask], plugin_name: str
+               ) -> Iterator[TaskReport]:
+    """Run ``tasks`` with about two per worker thread in flight (backpressure: a new task is
+    submitted as each one finishes); yield their reports as they complete. A task that dies
+    (worker killed, crash) still yields a report, and leaves its failure in the store."""
+    from distributed import as_completed
+
+    queue = list(reversed(tasks))
+    futures: dict[object, VideoTask] = {}
+    completed = as_completed()
+
+    def submit() -> None:
+        task = queue.pop()
+        key = f"{task.shard_name.split('/')[-1]}-{time.time_ns()}"
+        future = client.submit(_run_on_worker, task, plugin_name, pure=False, key=key)
+        futures[future] = task
+        completed.add(future)
+
+    for _ in range(min(max(2, 2 * sum(client.nthreads().values())), len(queue))):
+        submit()
+    for future in completed:
+        task = futures.pop(future)
+        try:
+            yield future.result()
+        except Exception as error:  # the task never reported: record why, go on
+            reason = f"task died: {type(error).__name__}: {error}".splitlines()[0]
+            yield TaskReport(task.video.video_id, task.kind, _failure_shard(task, reason),
+                             {name: ("failed", reason, 0) for name in task.features})
+        if queue:
+            submit()
 
 
 def _extractor_plugin(name: str, specs: dict[str, ExtractorSpec], device: str,
