@@ -20,6 +20,8 @@ Every shard (and a merged single-file export, whose root attribute ``format`` is
                                         sampling options (fps, frames, clip_len, stride, hop, ...)
     /videos/<video_id>/<feature>/data   [N, D] float16 or float32   (status "ok" only)
     /videos/<video_id>/<feature>/times  [N, 2] float64 seconds from the video start
+    /index                              merged file only: the index as JSON bytes, so opening
+                                        it reads one dataset instead of walking every group
 """
 
 from __future__ import annotations
