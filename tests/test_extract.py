@@ -165,3 +165,38 @@ def test_features_aligned_on_one_time_grid(store: Path) -> None:
     # one 16-frame clip covers 0-2 s: the third cell has no overlapping clip and takes the nearest
     c3d = features.get("talk", "c3d")
     np.testing.assert_allclose(aligned.features["c3d"], np.repeat(c3d, 3, axis=0), rtol=1e-6)
+
+
+def test_store_commands_on_an_extracted_store(store: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    assert main(["verify", str(store)]) == 0
+    assert main(["migrate", str(store)]) == 0
+    merged = tmp_path / "all.h5"
+    assert main(["merge", str(store), str(merged)]) == 0
+    features, single = vidfeat.open_store(str(store)), vidfeat.open_store(str(merged))
+    assert sorted(single.videos()) == sorted(features.videos())
+    np.testing.assert_array_equal(single.get("talk", "c3d"), features.get("talk", "c3d"))
+    assert main(["export", str(store), "--format", "npy", str(tmp_path / "npy")]) == 0
+    exported = np.load(tmp_path / "npy" / "vggish" / "talk_vggish.npy")
+    np.testing.assert_array_equal(exported, features.get("talk", "vggish"))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("talk 3,7\n")
+    assert main(["export", str(store), "--format", "paddle", str(tmp_path / "pkl"),
+                 "--labels", str(labels)]) == 0
+    import pickle
+
+    record = pickle.loads((tmp_path / "pkl" / "talk.pkl").read_bytes())
+    assert record["label"] == [3, 7] and record["feature"]["image_pkl"].shape[1] == 2048
+    plot = tmp_path / "talk.png"
+    assert main(["inspect", str(store), "talk", "--plot", str(plot)]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "resnet152" in capsys.readouterr().out
+
+
+def test_verify_exits_1_on_a_damaged_store(corpus: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    assert main(["extract", str(corpus / "talk.mp4"), "--store", str(store), "--workers", "1",
+                 "--random-weights", "--no-progress", "--features", "vggish"]) == 0
+    shard = next(store.rglob("*.h5"))
+    shard.write_bytes(shard.read_bytes()[:2000])
+    assert main(["verify", str(store)]) == 1
