@@ -117,3 +117,11 @@ def test_a_file_with_other_keys_is_refused(tmp_path: Path, corpus: Path,
                  "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "not vggish weights" in err and "missing" in err
+
+
+def test_selftest_without_real_weights_says_what_it_skipped(capsys: pytest.CaptureFixture
+                                                            ) -> None:
+    assert main(["weights", "selftest"]) == 0
+    out = capsys.readouterr().out
+    assert "vggish-audioset: missing, smoke test skipped" in out
+    assert "c3d-sports1m: no published smoke test" in out
