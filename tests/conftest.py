@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from vidfeat.media.tools import executable
+
 
 def ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
+    subprocess.run([executable("ffmpeg"), "-nostdin", "-v", "error", "-y", *args], check=True)
 
 
 def make_video(path: Path, *, seconds: float = 2.0, size: str = "96x72", fps: int = 8,

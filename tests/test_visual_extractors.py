@@ -31,13 +31,14 @@ from vidfeat.extractors.resnet import ResNet152Extractor
 from vidfeat.extractors.video_models import R2Plus1D18Extractor, R3D18Extractor, S3DExtractor
 from vidfeat.extractors.weights import LoadedWeights, load_weights
 from vidfeat.media import MediaInfo, iter_frames, probe
+from vidfeat.media.tools import executable
 
 # ---- videos ----------------------------------------------------------------------------------
 
 
 def _encode(path: Path, frames: int, rate: int, filters: list[str]) -> Path:
     subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi",
+        [executable("ffmpeg"), "-nostdin", "-v", "error", "-y", "-f", "lavfi",
          "-i", f"testsrc2=size=352x288:rate={rate}", "-frames:v", str(frames), *filters,
          "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)],
         check=True,
