@@ -78,6 +78,19 @@ def test_rerun_skips_what_is_up_to_date(store: Path, corpus: Path,
     assert sorted(store.rglob("*.h5")) == shards
 
 
+def test_shards_a_killed_driver_did_not_index_are_not_extracted_again(
+        store: Path, corpus: Path, capsys: pytest.CaptureFixture) -> None:
+    shards = sorted(store.rglob("*.h5"))
+    (store / "index.sqlite").unlink()  # as if the driver died before indexing any shard
+    for leftover in store.glob("index.sqlite-*"):
+        leftover.unlink()
+    assert main(["extract", str(corpus), "--store", str(store), "--workers", "1",
+                 "--random-weights", "--no-progress"]) == 0
+    assert "3 already up to date" in capsys.readouterr().out
+    assert sorted(store.rglob("*.h5")) == shards
+    assert sorted(vidfeat.open_store(str(store)).videos()) == ["clip", "silent", "talk"]
+
+
 def test_same_video_twice_gives_same_features(corpus: Path, tmp_path: Path) -> None:
     twins = tmp_path / "twins"
     twins.mkdir()

@@ -192,6 +192,7 @@ def run_extract(sources: list[str], store: str | Path, options: RunOptions) -> R
 
         resolve_device(options.device)  # refuse --device cuda on a machine without one now
     store = create_store(store)
+    StoreIndex(store).add_unindexed()  # a killed driver's finished work is not done again
     report = RunReport(videos=len(videos), random_weights=options.random_weights)
     tasks = plan(videos, store, specs, options, report)
     plugin_name = "vidfeat-" + hashlib.sha256(repr(sorted(specs.items())).encode()).hexdigest()[:12]

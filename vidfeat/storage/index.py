@@ -155,15 +155,32 @@ class StoreIndex:
             db.execute("ROLLBACK")
             raise
 
-    def rebuild(self) -> list[str]:
-        """Index every shard again from scratch; returns the shards that could not be read."""
-        shard_paths = sorted(
+    def shard_files(self) -> list[str]:
+        """The complete shards on disk (temporary files left by a crash excluded)."""
+        return sorted(
             path.relative_to(self.directory).as_posix()
             for path in (self.directory / SHARD_DIR).rglob("*.h5")
             if not path.name.startswith(".") and not path.name.endswith(TEMP_SUFFIX)
         )
+
+    def add_unindexed(self) -> list[str]:
+        """Index the shards on disk that the index has not read (written by a run whose driver
+        died before indexing them); returns those it indexed. Unreadable ones are left to
+        `vidfeat verify`."""
+        added = []
+        for relpath in sorted(set(self.shard_files()) - set(self.shards())):
+            try:
+                self.add_shard(relpath)
+            except StoreError as error:
+                log.warning("%s", error)
+                continue
+            added.append(relpath)
+        return added
+
+    def rebuild(self) -> list[str]:
+        """Index every shard again from scratch; returns the shards that could not be read."""
         readable, unreadable = [], []
-        for relpath in shard_paths:
+        for relpath in self.shard_files():
             try:
                 readable.append((relpath, self._read_shard(relpath)))
             except StoreError as error:
