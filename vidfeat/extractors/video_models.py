@@ -10,6 +10,7 @@ preprocessed frames, and the result is the same as transforming the assembled cl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,6 +35,8 @@ class _TorchvisionVideoExtractor(Extractor):
     resize_size: ClassVar[tuple[int, int]]
     crop_size: ClassVar[tuple[int, int]]
     min_clip_len: ClassVar[int] = 1
+    feature_size: ClassVar[int]
+    builder: ClassVar[Callable[[], nn.Module]]  # torchvision's model builder, no weights
 
     def __init__(self, *, clip_len: int = 16, stride: int = 16) -> None:
         super().__init__()
@@ -49,6 +52,13 @@ class _TorchvisionVideoExtractor(Extractor):
         self.transform = VideoClassification(crop_size=self.crop_size,
                                              resize_size=self.resize_size)
         self._features: nn.Module | None = None
+
+    @property
+    def feature_dim(self) -> int:
+        return self.feature_size
+
+    def build_model(self) -> nn.Module:
+        return type(self).builder()
 
     def options(self) -> dict[str, Any]:
         return {
@@ -95,13 +105,8 @@ class R2Plus1D18Extractor(_TorchvisionVideoExtractor):
     feature_node = "flatten"
     resize_size = (128, 171)
     crop_size = (112, 112)
-
-    @property
-    def feature_dim(self) -> int:
-        return 512
-
-    def build_model(self) -> nn.Module:
-        return video.r2plus1d_18()
+    feature_size = 512
+    builder = video.r2plus1d_18
 
 
 @register_extractor
@@ -113,13 +118,8 @@ class R3D18Extractor(_TorchvisionVideoExtractor):
     feature_node = "flatten"
     resize_size = (128, 171)
     crop_size = (112, 112)
-
-    @property
-    def feature_dim(self) -> int:
-        return 512
-
-    def build_model(self) -> nn.Module:
-        return video.r3d_18()
+    feature_size = 512
+    builder = video.r3d_18
 
 
 @register_extractor
@@ -135,13 +135,8 @@ class S3DExtractor(_TorchvisionVideoExtractor):
     resize_size = (256, 256)
     crop_size = (224, 224)
     min_clip_len = 14  # S3D_Weights.KINETICS400_V1.meta["min_temporal_size"]
-
-    @property
-    def feature_dim(self) -> int:
-        return 1024
-
-    def build_model(self) -> nn.Module:
-        return video.s3d()
+    feature_size = 1024
+    builder = video.s3d
 
     def _rows(self, output: torch.Tensor) -> torch.Tensor:
         return output.mean(dim=(2, 3, 4))
