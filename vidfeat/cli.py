@@ -1,4 +1,6 @@
-"""The `vidfeat` command. Heavy imports happen inside the commands so `--help` is fast.
+"""vidfeat: deep video features (ResNet-152, C3D, VGGish, ...) into an HDF5 feature store.
+
+The `vidfeat` command; heavy imports happen inside the commands so `--help` is fast.
 
 Exit codes: 0 success; 1 finished with problems (failed videos, verify found problems, a
 selftest missed its reference); 2 bad usage, configuration or weights (nothing was done);

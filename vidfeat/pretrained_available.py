@@ -6,6 +6,12 @@ import sys
 from vidfeat.extractors import get_extractor
 from vidfeat.extractors.weights import status
 
-missing = [name for name in sys.argv[1:]
-           if status(get_extractor(name)().weights_name)[0] != "verified"]
-sys.exit(1 if missing else 0)
+
+def main(extractors: list[str]) -> int:
+    missing = [name for name in extractors
+               if status(get_extractor(name)().weights_name)[0] != "verified"]
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
