@@ -1,4 +1,4 @@
-"""Measurements behind notes/store.md: dataset layout, merge format, and read throughput.
+"""Measurements behind README.md's store section: dataset layout, merge format, read speed.
 
     python benchmarks/store_read.py [layout|merge|read|all] [--videos 500] [--seed 0]
 

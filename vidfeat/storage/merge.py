@@ -4,7 +4,7 @@ The merged file has the shards' per-video layout, holding for each (video, featu
 the index names (the newest), plus the index itself as JSON in ``/index`` so that opening the
 file does not walk every group. Groups are copied with ``H5Ocopy``: data moves as raw bytes,
 without decoding. A virtual-dataset master file (no copy, pointing at the shards) was measured
-too and rejected; notes/store.md has the numbers and the reasons.
+too and rejected; README.md ("Merge") has the numbers and the reasons.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 A shard is written under a temporary name in its final directory, fsynced, and renamed into
 place, so a reader or the index never sees half a shard, and many processes (or hosts sharing
 the directory) can write at once: each temporary name is unique, each shard name belongs to
-one task. Data goes into contiguous, uncompressed datasets: notes/store.md has the
-measurements behind that choice.
+one task. Data goes into contiguous, uncompressed datasets: README.md ("Chunking and
+compression") has the measurements behind that choice.
 """
 
 from __future__ import annotations
