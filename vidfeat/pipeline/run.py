@@ -77,7 +77,12 @@ class RunReport:
             f"date, {failed_videos} with failures; {self.frames} frames decoded in "
             f"{self.seconds:.1f} s ({self.frames / max(self.seconds, 1e-9):.1f} frames/s)"
         ]
-        lines += [f"  skipped {v} {f}: {r}" for v, f, r in self.skipped]
+        # skips repeat on a large corpus (every silent video): one line per feature and reason
+        skips: dict[tuple[str, str], list[str]] = {}
+        for video, feature, reason in self.skipped:
+            skips.setdefault((feature, reason), []).append(video)
+        lines += [f"  skipped {feature} for {len(videos)} videos: {reason} "
+                  f"(e.g. {', '.join(videos[:3])})" for (feature, reason), videos in skips.items()]
         lines += [f"  FAILED {v} {f}: {r}" for v, f, r in self.failed]
         if self.random_weights:
             lines.append("WARNING: RANDOM WEIGHTS were used: these are not real features")
