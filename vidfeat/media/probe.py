@@ -29,6 +29,7 @@ class MediaInfo:
     audio_sample_rate: int
     audio_channels: int
     audio_start: float
+    has_video: bool = True  # False: an audio-only file (no decodable video stream)
 
     def as_attrs(self) -> dict:
         """Attributes to store beside a video's features (HDF5-friendly: no None)."""
@@ -82,7 +83,8 @@ def count_frames(path: str | Path) -> int:
 
 
 def probe(path: str | Path) -> MediaInfo:
-    """Probe ``path`` with ffprobe; raise DecodeError naming the file if it has no video."""
+    """Probe ``path`` with ffprobe; raise DecodeError naming the file if it has neither a video
+    nor an audio stream. An audio-only file has ``has_video=False`` and zero video fields."""
     path = Path(path)
     if not path.is_file():
         raise DecodeError(f"{path}: no such file")
@@ -90,12 +92,15 @@ def probe(path: str | Path) -> MediaInfo:
     streams = data.get("streams", [])
     video = next((s for s in streams if s.get("codec_type") == "video"
                   and not s.get("disposition", {}).get("attached_pic")), None)
-    if video is None:
-        raise DecodeError(f"{path}: no video stream")
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    if video is None and audio is None:
+        raise DecodeError(f"{path}: no video or audio stream")
+    has_video = video is not None
+    video = video or {}
     container = data.get("format", {})
     start = _float(container.get("start_time"))
-    duration = _float(container.get("duration")) or _float(video.get("duration"))
+    duration = (_float(container.get("duration")) or _float(video.get("duration"))
+                or _float((audio or {}).get("duration")))
     fps = _ratio(video.get("avg_frame_rate")) or _ratio(video.get("r_frame_rate"))
     nb_frames = video.get("nb_frames")
     return MediaInfo(
@@ -112,4 +117,5 @@ def probe(path: str | Path) -> MediaInfo:
         audio_sample_rate=int(_float(audio.get("sample_rate"))) if audio else 0,
         audio_channels=int(audio.get("channels", 0)) if audio else 0,
         audio_start=(_float(audio.get("start_time"), start) - start) if audio else 0.0,
+        has_video=has_video,
     )
