@@ -21,3 +21,11 @@ class StoreError(VidfeatError, OSError):
 
 class ConfigError(VidfeatError, ValueError):
     """Options or inputs contradict each other (bad flag, video id collision, ...)."""
+
+
+class StoreFullError(StoreError):
+    """The store's file system is full (ENOSPC, quota, SQLite's "database or disk is full")."""
+
+
+class StoreLockedError(StoreError):
+    """Another run holds the store's run lock."""

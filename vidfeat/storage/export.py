@@ -15,19 +15,38 @@ invented values, the reader applies its documented fallback, and the videos conc
 logged and listed in ``OUT/audio_missing.tsv`` with the store's reason. A video without image
 features cannot be used by that model and is not exported (logged, and listed in
 ``OUT/image_missing.tsv``).
+
+``export_hdf5`` writes one HDF5 file with one [N, D] float32 dataset per video, ``f[video_id]``,
+the layout 2D-TAN's Charades-STA and TACoS loaders read (microsoft/VideoX
+2D-TAN/lib/datasets/charades.py, tacos.py: ``hdf5_file[vid][:]``) and its
+``data/TACoS/merge_npys_to_hdf5.py`` writes; with ``dataset_name`` (e.g. ``c3d_features``),
+``f[video_id][dataset_name]``, the layout of its ActivityNet loader (activitynet.py:
+``f[vid]['c3d_features'][:]``).
+
+``export_per_video`` writes ``OUT/<video_id>.npy`` [N, D] float32 per video, the file
+video-caption.pytorch's dataloader reads (``np.load(os.path.join(dir, 'video%i.npy' % ix))``,
+MSR-VTT ids being ``video0``, ``video1``, ...).
+
+For both, several features are concatenated along features: the first feature's rows are kept
+and each other feature is resampled onto their time spans (``rows_on_timeline``), as S2VT
+pipelines tile C3D onto frames. A video lacking one of the features is not exported (logged).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from vidfeat.storage.index import FeatureEntry
-from vidfeat.storage.reader import FeatureStore, using_store
+from vidfeat.storage.reader import FeatureStore, _resample, using_store
+from vidfeat.storage.writer import TEMP_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +145,69 @@ def _why_missing(entry: FeatureEntry | None) -> str:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def rows_on_timeline(store: FeatureStore, video_id: str,
+                     features: list[str]) -> dict[str, np.ndarray]:
+    """Each feature on the first feature's rows: the first as stored, each other resampled onto
+    the first's [start, end) spans with ``aligned``'s ``mean`` rule (the mean of the rows
+    overlapping a span, else the row whose centre is nearest). Float32, [N, D] each."""
+    first, *others = features
+    result = {first: store.get(video_id, first)}
+    spans = store.times(video_id, first)
+    for feature in others:
+        data = store.get(video_id, feature)
+        if not len(data):
+            raise ValueError(f"{video_id}/{feature} has no rows to resample")
+        result[feature] = _resample(data, store.times(video_id, feature), spans, "mean")
+    return result
+
+
+def export_hdf5(store_or_path: FeatureStore | str | Path, out_file: str | Path,
+                features: list[str], dataset_name: str | None = None) -> int:
+    """One dataset per video (2D-TAN's layout; see the module docstring). Returns the count."""
+    out_file = Path(out_file)
+    temp = out_file.with_name(f".{out_file.name}.{os.getpid()}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+    written = 0
+    with using_store(store_or_path) as store:
+        try:
+            with h5py.File(temp, "w", libver="v108") as h5:
+                for video_id, rows in _concatenated(store, features):
+                    group = h5.create_group(video_id) if dataset_name else h5
+                    group.create_dataset(dataset_name or video_id, data=rows)
+                    written += 1
+            os.replace(temp, out_file)
+        finally:
+            temp.unlink(missing_ok=True)
+    return written
+
+
+def export_per_video(store_or_path: FeatureStore | str | Path, outdir: str | Path,
+                     features: list[str]) -> int:
+    """``OUT/<video_id>.npy`` per video (video-caption.pytorch's input). Returns the count."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with using_store(store_or_path) as store:
+        for video_id, rows in _concatenated(store, features):
+            np.save(outdir / f"{video_id}.npy", rows)
+            written += 1
+    return written
+
+
+def _concatenated(store: FeatureStore, features: list[str]) -> Iterable[tuple[str, np.ndarray]]:
+    """(video_id, [N, sum of D] float32) for each video with every feature; logs the others."""
+    if not features:
+        raise ValueError("name at least one feature to export")
+    lacking = []
+    for video_id in store.videos():
+        available = store.features(video_id)
+        missing = [f for f in features if f not in available]
+        if missing:
+            lacking.append(f"{video_id} ({', '.join(missing)})")
+            continue
+        on_rows = rows_on_timeline(store, video_id, features)
+        yield video_id, np.concatenate([on_rows[f] for f in features], axis=1)
+    if lacking:
+        log.warning("%d videos lack a feature of %s and were not exported: %s", len(lacking),
+                    ",".join(features), "; ".join(lacking))

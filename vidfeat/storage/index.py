@@ -8,6 +8,10 @@ processes that update the index must run on one host (shards themselves may come
 For each (video, feature) the row from the shard with the highest ``written_at`` wins. A
 video's attributes are merged key by key, each key from the newest shard that has it, so a
 small failure-only shard does not erase the fingerprint an earlier shard recorded.
+
+Readers open the index read-only (``readonly=True``), so a store on a read-only mount can be
+read: SQLite's ``mode=ro`` where it can keep its shared memory, else ``immutable=1`` when the
+last writer left no unmerged write-ahead log, else an index built in memory from the shards.
 """
 
 from __future__ import annotations
@@ -16,19 +20,29 @@ import json
 import logging
 import os
 import sqlite3
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import h5py
 
-from vidfeat.errors import StoreError
+from vidfeat.errors import StoreError, StoreFullError
 from vidfeat.storage.schema import INDEX_FILE, SHARD_DIR, SHARD_FORMAT, VIDEOS_GROUP
-from vidfeat.storage.writer import TEMP_SUFFIX, check_schema_version, python_value, read_attrs
+from vidfeat.storage.writer import (
+    TEMP_SUFFIX,
+    check_schema_version,
+    disk_full_as_store_error,
+    python_value,
+    read_attrs,
+)
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 120.0
+SQLITE_FULL = 13
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS shards (
@@ -65,8 +79,9 @@ class FeatureEntry:
     rows: int
     dim: int
     dtype: str
-    random_weights: bool
-    weights_sha256: str
+    # a field added later needs a default, so merged files written before it still read
+    random_weights: bool = False
+    weights_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,29 +128,94 @@ def _entry(video_id: str, feature: str, group: h5py.Group, shard: str) -> Featur
 
 
 class StoreIndex:
-    """The index of the store at ``directory``; open in any process, also after fork."""
+    """The index of the store at ``directory``; open in any process, also after fork.
+    ``readonly=True`` never writes to the store, so it works on a read-only mount."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, *, readonly: bool = False) -> None:
         self.directory = Path(directory)
         self.path = self.directory / INDEX_FILE
+        self.readonly = readonly
         self._connection: sqlite3.Connection | None = None
         self._pid = -1
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"directory": self.directory}
+        return {"directory": self.directory, "readonly": self.readonly}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["directory"])
+        self.__init__(state["directory"], readonly=state.get("readonly", False))
 
     def _db(self) -> sqlite3.Connection:
         # a connection inherited through fork must not be used: SQLite's locks are per process
         if self._connection is None or self._pid != os.getpid():
-            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S,
-                                         isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.executescript(TABLES)
+            if self.readonly:
+                connection = self._connect_readonly()
+            else:
+                with self._disk_full("opening the index"):
+                    connection = self._connect(str(self.path))
+                    connection.execute("PRAGMA journal_mode=WAL")
+                    connection.executescript(TABLES)
             self._connection, self._pid = connection, os.getpid()
         return self._connection
+
+    def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
+        return sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False, uri=uri)
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise StoreError(f"{self.directory}: the index is missing; "
+                             f"run `vidfeat verify {self.directory} --repair`")
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve()))
+        try:
+            connection = self._connect(uri + "?mode=ro", uri=True)
+            connection.execute("SELECT count(*) FROM shards").fetchone()
+            return connection
+        except sqlite3.Error:
+            pass  # WAL needs its -shm file, which a read-only directory cannot hold
+        wal = self.path.with_name(self.path.name + "-wal")
+        if not (wal.exists() and wal.stat().st_size > 0):
+            return self._connect(uri + "?immutable=1", uri=True)
+        # immutable=1 would ignore the write-ahead log the last writer left unmerged
+        log.warning("%s: read-only, and the index has changes not merged into it; "
+                    "reading the shards instead", self.directory)
+        connection = self._connect(":memory:")
+        connection.executescript(TABLES)
+        self._fill(connection, self._readable_shards()[0])
+        return connection
+
+    @contextmanager
+    def _disk_full(self, doing: str) -> Iterator[None]:
+        """SQLite's "database or disk is full", and ENOSPC, as StoreFullError."""
+        with disk_full_as_store_error(self.directory, doing):
+            try:
+                yield
+            except sqlite3.Error as error:
+                if (getattr(error, "sqlite_errorcode", None) == SQLITE_FULL
+                        or "database or disk is full" in str(error)):
+                    raise StoreFullError(f"store {self.directory}: disk full {doing} "
+                                         f"({error}); free space and rerun") from error
+                raise
+
+    @contextmanager
+    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: all of it is committed, or none of it."""
+        if self.readonly:
+            raise StoreError(f"{self.directory}: the index was opened read-only")
+        db = self._db()
+        with self._disk_full(doing):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                # SQLite rolls back by itself after some errors (a full disk among them); a
+                # second ROLLBACK would hide the real error behind "no transaction is active"
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error as rollback_error:
+                        log.debug("rollback failed too: %s", rollback_error)
+                raise
 
     def close(self) -> None:
         if self._connection is not None and self._pid == os.getpid():
@@ -145,15 +225,9 @@ class StoreIndex:
     def add_shard(self, relpath: str) -> None:
         """Index the shard at ``relpath`` (relative to the store), keeping newer entries."""
         contents = self._read_shard(relpath)
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self._forget_replaced_shard(db, relpath, contents.written_at)
+        with self._transaction(f"indexing {relpath}") as db:
+            self._forget_replaced_shard(db, relpath, contents)
             self._insert(db, relpath, contents)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def shard_files(self) -> list[str]:
         """The complete shards on disk (temporary files left by a crash excluded)."""
@@ -171,6 +245,8 @@ class StoreIndex:
         for relpath in sorted(set(self.shard_files()) - set(self.shards())):
             try:
                 self.add_shard(relpath)
+            except StoreFullError:
+                raise
             except StoreError as error:
                 log.warning("%s", error)
                 continue
@@ -179,6 +255,14 @@ class StoreIndex:
 
     def rebuild(self) -> list[str]:
         """Index every shard again from scratch; returns the shards that could not be read."""
+        readable, unreadable = self._readable_shards()
+        with self._transaction("rebuilding the index") as db:
+            for table in ("shards", "videos", "features"):
+                db.execute(f"DELETE FROM {table}")
+            self._fill(db, readable)
+        return unreadable
+
+    def _readable_shards(self) -> tuple[list[tuple[str, ShardContents]], list[str]]:
         readable, unreadable = [], []
         for relpath in self.shard_files():
             try:
@@ -186,18 +270,11 @@ class StoreIndex:
             except StoreError as error:
                 log.warning("%s", error)
                 unreadable.append(relpath)
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for table in ("shards", "videos", "features"):
-                db.execute(f"DELETE FROM {table}")
-            for relpath, contents in readable:
-                self._insert(db, relpath, contents)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return unreadable
+        return readable, unreadable
+
+    def _fill(self, db: sqlite3.Connection, shards: list[tuple[str, ShardContents]]) -> None:
+        for relpath, contents in shards:
+            self._insert(db, relpath, contents)
 
     def video(self, video_id: str) -> dict[str, Any] | None:
         """``{video_id, shard, fingerprint, source_path, attrs}`` or None if not indexed."""
@@ -245,15 +322,25 @@ class StoreIndex:
             raise StoreError(f"{relpath}: unreadable shard: {error}") from error
 
     def _forget_replaced_shard(self, db: sqlite3.Connection, relpath: str,
-                               written_at: int) -> None:
+                               contents: ShardContents) -> None:
+        """A shard written again under its name (a video extracted again) replaces its old
+        rows. Only rows for features the new file no longer holds are worth a word."""
         row = db.execute("SELECT written_at FROM shards WHERE path = ?", (relpath,)).fetchone()
-        if row is None or row[0] == written_at:
+        if row is None or row[0] == contents.written_at:
             return
-        # rewritten under the same name: its old rows may name videos the new file lacks
-        stale = db.execute("DELETE FROM features WHERE shard = ?", (relpath,)).rowcount
+        old = db.execute("SELECT video_id, feature FROM features WHERE shard = ?",
+                         (relpath,)).fetchall()
+        db.execute("DELETE FROM features WHERE shard = ?", (relpath,))
         db.execute("DELETE FROM videos WHERE shard = ?", (relpath,))
-        log.warning("%s was rewritten: %d old entries dropped; rebuild() restores any that an "
-                    "older shard still holds", relpath, stale)
+        kept = {(e.video_id, e.feature) for e in contents.entries}
+        gone = sorted(f"{video}/{feature}" for video, feature in old
+                      if (video, feature) not in kept)
+        if gone:
+            log.warning("%s was written again without %s, which it held before: those are no "
+                        "longer in the index (`vidfeat verify %s --repair` finds them again if "
+                        "an older shard still holds them)", relpath, ", ".join(gone[:5])
+                        + (f" and {len(gone) - 5} more" if len(gone) > 5 else ""),
+                        self.directory)
 
     def _insert(self, db: sqlite3.Connection, relpath: str, contents: ShardContents) -> None:
         written_at = contents.written_at
@@ -261,8 +348,9 @@ class StoreIndex:
                    (relpath, written_at, contents.vidfeat_version))
         for video_id, attrs in contents.video_attrs.items():
             self._merge_video(db, video_id, attrs, relpath, written_at)
+        columns = ", ".join([f.name for f in fields(FeatureEntry)] + ["written_at"])
         db.executemany(
-            """INSERT INTO features VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            f"""INSERT INTO features ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (video_id, feature) DO UPDATE SET
                  shard = excluded.shard, status = excluded.status, reason = excluded.reason,
                  config_hash = excluded.config_hash, rows = excluded.rows, dim = excluded.dim,

@@ -13,7 +13,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import astuple
+from dataclasses import asdict
 from itertools import groupby
 from pathlib import Path
 
@@ -38,7 +38,7 @@ def merge(directory: str | Path, out_h5: str | Path) -> Path:
     out_h5 = Path(out_h5)
     if out_h5.resolve().is_relative_to((directory / SHARD_DIR).resolve()):
         raise ValueError(f"{out_h5}: write the merged file outside {directory / SHARD_DIR}")
-    index = StoreIndex(directory)
+    index = StoreIndex(directory, readonly=True)
     try:
         entries = index.entries()
         video_attrs = index.videos()
@@ -65,7 +65,7 @@ def merge(directory: str | Path, out_h5: str | Path) -> Path:
                         path = f"{VIDEOS_GROUP}/{entry.video_id}/{entry.feature}"
                         source.copy(source[path], videos[entry.video_id], name=entry.feature)
             index_json = json.dumps({"videos": video_attrs,
-                                     "entries": [astuple(e) for e in entries]}, default=str)
+                                     "entries": [asdict(e) for e in entries]}, default=str)
             merged.create_dataset(MERGED_INDEX_DATASET,
                                   data=np.frombuffer(index_json.encode(), dtype=np.uint8))
         with open(temp, "rb") as file:

@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -159,13 +159,13 @@ class FeatureStore:
             return
         if self.merged:
             index = json.loads(self._file(None)[MERGED_INDEX_DATASET][()].tobytes())
-            entries = [FeatureEntry(*row) for row in index["entries"]]
+            entries = [entry_from_json(row, self.path) for row in index["entries"]]
             self._video_attrs = index["videos"]
         else:
             if not (self.path / INDEX_FILE).exists():
                 raise StoreError(f"{self.path}: the index is missing; "
                                  f"run `vidfeat verify {self.path} --repair`")
-            index = StoreIndex(self.path)
+            index = StoreIndex(self.path, readonly=True)
             try:
                 entries = index.entries()
                 self._video_attrs = index.videos()
@@ -250,6 +250,23 @@ def using_store(store_or_path: FeatureStore | str | Path) -> Iterator[FeatureSto
         return
     with open_store(store_or_path) as store:
         yield store
+
+
+def entry_from_json(row: dict[str, Any] | list[Any], where: str | Path) -> FeatureEntry:
+    """A merged file's index row: by field name (unknown names, from a newer vidfeat, are
+    ignored; a missing one takes the field's default), or positional as vidfeat 0.1 wrote it."""
+    if isinstance(row, list):
+        try:
+            return FeatureEntry(*row)
+        except TypeError as error:
+            raise StoreError(f"{where}: unreadable index row {row!r}: {error}") from None
+    known = {f.name: f for f in fields(FeatureEntry)}
+    missing = [name for name, f in known.items()
+               if name not in row and f.default is MISSING]
+    if missing:
+        raise StoreError(f"{where}: index rows lack {', '.join(missing)}: written by an "
+                         "incompatible vidfeat")
+    return FeatureEntry(**{name: value for name, value in row.items() if name in known})
 
 
 def _check_merged(path: Path) -> None:

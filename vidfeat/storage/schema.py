@@ -41,6 +41,7 @@ SHARD_DIR = "shards"
 VIDEOS_GROUP = "videos"
 
 Status = Literal["ok", "failed", "skipped"]
+OutcomeStatus = Literal["ok", "failed", "skipped", "up_to_date"]
 
 
 @dataclass
@@ -71,3 +72,17 @@ class VideoRecord:
     video_id: str
     attrs: dict[str, Any]
     features: list[FeatureRecord]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one feature of one video in one run: what the progress bar, the run
+    report and the failure ledger all read."""
+
+    video_id: str
+    feature: str
+    status: OutcomeStatus
+    reason: str = ""
+    rows: int = 0
+    seconds: float = 0.0  # model + decode time spent on it (0 for up_to_date)
+    source_path: str = ""

@@ -34,12 +34,12 @@ class _Stored:
 def verify(directory: str | Path, repair: bool = False) -> list[str]:
     """Problems found in the store at ``directory``, one line each; empty when all is well."""
     directory = require_store(directory)
-    index = StoreIndex(directory)
+    if not repair and not (directory / INDEX_FILE).exists():
+        return [f"{INDEX_FILE} is missing: run `vidfeat verify {directory} --repair`"]
+    index = StoreIndex(directory, readonly=not repair)
     try:
         if repair:
             index.rebuild()
-        elif not (directory / INDEX_FILE).exists():
-            return [f"{INDEX_FILE} is missing: run `vidfeat verify {directory} --repair`"]
         problems: list[str] = []
         stored: dict[str, dict[tuple[str, str], _Stored] | None] = {}
         for path in sorted((directory / SHARD_DIR).rglob("*")):
@@ -63,7 +63,8 @@ def verify(directory: str | Path, repair: bool = False) -> list[str]:
                 pointing = f"{rows} index rows point at it" if rows else "the index lists it"
                 problems.append(f"{shard}: {state}, yet {pointing}: "
                                 f"run `vidfeat verify {directory} --repair`")
-        problems += [f"{shard}: not in the index: run `vidfeat verify {directory} --repair`"
+        problems += [f"{shard}: not in the index (a run stopped before indexing it; the next "
+                     f"run indexes it, or run `vidfeat verify {directory} --repair`)"
                      for shard in sorted(set(stored) - set(index.shards()))
                      if stored[shard] is not None]
         return problems

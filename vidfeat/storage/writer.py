@@ -1,14 +1,18 @@
 """Creating a store and writing shards into it.
 
-A shard is written under a temporary name in its final directory, fsynced, and renamed into
-place, so a reader or the index never sees half a shard, and many processes (or hosts sharing
-the directory) can write at once: each temporary name is unique, each shard name belongs to
-one task. Data goes into contiguous, uncompressed datasets: README.md ("Chunking and
+A shard is built in memory, written under a temporary name in its final directory, fsynced, and
+renamed into place, so a reader or the index never sees half a shard, and many processes (or
+hosts sharing the directory) can write at once: each temporary name is unique, each shard name
+belongs to one task. Building it in memory keeps libhdf5 away from the disk: a full disk is an
+OSError from a plain ``write`` (StoreFullError, the temporary file removed), never a crash
+inside the library. Data goes into contiguous, uncompressed datasets: README.md ("Chunking and
 compression") has the measurements behind that choice.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
 import numbers
@@ -16,7 +20,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,7 @@ import h5py
 import numpy as np
 
 from vidfeat import __version__
-from vidfeat.errors import StoreError
+from vidfeat.errors import StoreError, StoreFullError
 from vidfeat.storage.schema import (
     SCHEMA_VERSION,
     SHARD_DIR,
@@ -92,10 +97,11 @@ def create_store(directory: str | Path) -> Path:
     directory = Path(directory)
     if (directory / STORE_MARKER).exists():
         require_store(directory)
-    else:
-        (directory / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        write_marker(directory, SCHEMA_VERSION)
-    (directory / SHARD_DIR).mkdir(exist_ok=True)
+    with disk_full_as_store_error(directory, "creating the store"):
+        if not (directory / STORE_MARKER).exists():
+            (directory / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+            write_marker(directory, SCHEMA_VERSION)
+        (directory / SHARD_DIR).mkdir(exist_ok=True)
     return directory
 
 
@@ -117,31 +123,46 @@ def write_shard(
     relpath = _shard_relpath(shard_name)
     _check_unique_names(videos)
     directory = require_store(directory)
+    image = _shard_image(videos, np.dtype(dtype))
     path = directory / relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(
-        f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
-    )
-    try:
-        with h5py.File(temp, "w", libver=HDF5_LIBVER, locking=False) as h5:
-            h5.attrs.update(
-                {
-                    "format": SHARD_FORMAT,
-                    "schema_version": SCHEMA_VERSION,
-                    "vidfeat_version": __version__,
-                    "written_at": time.time_ns(),
-                }
-            )
-            videos_group = h5.create_group(VIDEOS_GROUP)
-            for video in videos:
-                _write_video(videos_group, video, np.dtype(dtype))
-        _fsync_file(temp)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    with disk_full_as_store_error(directory, f"writing {relpath}"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(
+            f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        )
+        _write_durably(temp, image, path)
     return relpath
+
+
+def _shard_image(videos: list[VideoRecord], dtype: np.dtype) -> bytes:
+    """The shard as the bytes of an HDF5 file, built in memory."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w", libver=HDF5_LIBVER, locking=False) as h5:
+        h5.attrs.update(
+            {
+                "format": SHARD_FORMAT,
+                "schema_version": SCHEMA_VERSION,
+                "vidfeat_version": __version__,
+                "written_at": time.time_ns(),
+            }
+        )
+        videos_group = h5.create_group(VIDEOS_GROUP)
+        for video in videos:
+            _write_video(videos_group, video, dtype)
+    return buffer.getvalue()
+
+
+@contextmanager
+def disk_full_as_store_error(directory: str | Path, doing: str) -> Iterator[None]:
+    """Turns ENOSPC/EDQUOT raised in the block into StoreFullError: one line naming the store,
+    what was being done and the cause."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError(f"store {directory}: disk full {doing} ({error.strerror}); "
+                                 "free space and rerun") from error
+        raise
 
 
 def _write_video(videos_group: h5py.Group, video: VideoRecord, dtype: np.dtype) -> None:
@@ -253,6 +274,19 @@ def _check_unique_names(videos: list[VideoRecord]) -> None:
 
 def _replace_atomically(path: Path, content: bytes) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+    _write_durably(temp, content, path)
+
+
+def replace_atomically(path: str | Path, content: bytes, store: str | Path) -> None:
+    """Write ``content`` as ``path`` (temporary file, fsync, rename); StoreFullError when the
+    disk of ``store`` is full, and no temporary file left behind."""
+    path = Path(path)
+    with disk_full_as_store_error(store, f"writing {path.name}"):
+        _replace_atomically(path, content)
+
+
+def _write_durably(temp: Path, content: bytes, path: Path) -> None:
+    """``content`` into ``temp``, fsynced, renamed to ``path``; ``temp`` removed on any error."""
     try:
         with open(temp, "wb") as file:
             file.write(content)
@@ -263,11 +297,6 @@ def _replace_atomically(path: Path, content: bytes) -> None:
         temp.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as file:
-        os.fsync(file.fileno())
 
 
 def _fsync_directory(directory: Path) -> None:
