@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 import vidfeat
-from vidfeat.pipeline.run import RunOptions, run_extract
+from vidfeat.jobs.submit import run_extract
+from vidfeat.pipeline.run import RunOptions
 
 
 def main() -> None:

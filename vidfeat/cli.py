@@ -43,23 +43,31 @@ def _extractor_options(values: list[str]) -> dict[str, dict]:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from vidfeat.pipeline.run import RunOptions, run_extract
+    from vidfeat.jobs import ClusterSpec, open_client
+    from vidfeat.pipeline.run import RunOptions, execute, prepare_run
 
     options = RunOptions(
         features=[f.strip() for f in args.features.split(",") if f.strip()],
-        workers=args.workers, scheduler=args.scheduler, device=args.device,
+        device=args.device,
         weights_dir=str(Path(args.weights_dir).resolve()) if args.weights_dir else None,
         random_weights=args.random_weights,
         weights_files={name: str(Path(path).resolve())
                        for name, path in _pairs(args.weights, "--weights")},
         extractor_options=_extractor_options(args.set), dtype=args.dtype,
-        batch_size=args.batch_size, overwrite=args.overwrite, limit=args.limit,
+        batch_size=args.batch_size, precision=args.precision, decoder=args.decoder,
+        segment_seconds=args.segment_seconds, overwrite=args.overwrite, limit=args.limit,
         progress=not args.no_progress,
     )
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    cluster = (ClusterSpec("address", address=args.scheduler) if args.scheduler
+               else ClusterSpec("local", workers=args.workers))
     if options.random_weights:
         print("WARNING: --random-weights: seeded random initialisation, NOT pretrained features",
               file=sys.stderr)
-    report = run_extract(args.sources, args.store, options)
+    run = prepare_run(args.sources, args.store, options)
+    with open_client(cluster) as client:
+        report = execute(run, client)
     print(report.summary())
     return report.exit_code
 
@@ -198,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--limit", type=int, help="only the first N videos")
     extract.add_argument("--dtype", default="float16", help="stored dtype: float16 or float32")
     extract.add_argument("--batch-size", type=int, default=16, help="model inputs per batch")
+    extract.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                         help="model precision (fp32: reference-exact; recorded per feature)")
+    extract.add_argument("--decoder", default="pyav", choices=["pyav", "decord", "torchcodec"],
+                         help="video decoder backend (default pyav)")
+    extract.add_argument("--segment-seconds", type=float,
+                         help="media seconds per task; longer videos are split into segments "
+                              "of about this length (default: sized by the corpus and workers)")
     extract.add_argument("--overwrite", action="store_true",
                          help="extract again even what the store holds up to date")
     extract.add_argument("--no-progress", action="store_true", help="no progress bar")

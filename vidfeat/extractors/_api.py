@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -25,6 +27,16 @@ from vidfeat.media.frames import Frame
 from vidfeat.media.probe import MediaInfo
 
 Modality = Literal["frames", "clips", "audio"]
+Precision = Literal["fp32", "bf16", "fp16"]
+#: model precision -> autocast dtype (fp32: no autocast, the reference-exact default)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
+                                              "fp16": torch.float16}
+
+
+def check_precision(precision: object) -> Precision:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision  # type: ignore[return-value]
 
 
 @dataclass
@@ -43,9 +55,10 @@ class Sampler(ABC):
     def push(self, frame: Frame) -> list[Item]: ...
 
     @abstractmethod
-    def finish(self, end_time: float) -> list[Item]:
+    def finish(self, end_time: float, final: bool = True) -> list[Item]:
         """The items still pending once the last frame was pushed; ``end_time`` is when the
-        last decoded frame stops being shown."""
+        last decoded frame stops being shown. ``final`` is False at the end of a segment that
+        is not the video's last: ``end_time`` is then the next segment's first frame time."""
 
     #: set when the video was too short for one input and the input was padded
     padded: bool = False
@@ -61,6 +74,7 @@ class Extractor(ABC):
     def __init__(self) -> None:
         self.device = torch.device("cpu")
         self.weights_sha256 = "unloaded"
+        self.precision: Precision = "fp32"
         self.model: nn.Module | None = None
 
     # ---- description -------------------------------------------------------------------
@@ -79,8 +93,12 @@ class Extractor(ABC):
         """Every option that changes the output (layer, sampling, preprocessing), JSON-able."""
 
     def config(self) -> dict[str, Any]:
-        """Options plus the weights identity: equal configs give equal features."""
-        return {"extractor": self.name, "weights_sha256": self.weights_sha256, **self.options()}
+        """Options plus the weights identity and precision: equal configs give equal features.
+        fp32 is left out, so that stores extracted before precisions existed stay up to date."""
+        config = {"extractor": self.name, "weights_sha256": self.weights_sha256, **self.options()}
+        if self.precision != "fp32":
+            config["precision"] = self.precision
+        return config
 
     def config_hash(self) -> str:
         text = json.dumps(self.config(), sort_keys=True, separators=(",", ":"))
@@ -98,17 +116,40 @@ class Extractor(ABC):
         model = self.build_model()
         if weights.state_dict is not None:
             weights.load_into(model, self.name)
-        self.model = model.eval().to(device)
+        # channels-last convolutions are 1.2-1.3x faster on CPU (oneDNN) and on tensor cores
+        memory_format = (torch.channels_last_3d if self.modality == "clips"
+                         else torch.channels_last)
+        self.model = model.eval().to(device, memory_format=memory_format)
         self.device = torch.device(device)
         self.weights_sha256 = weights.sha256
+
+    @contextmanager
+    def inference(self) -> Iterator[None]:
+        """No autograd, and autocast to the extractor's precision unless it is fp32."""
+        dtype = PRECISIONS[self.precision]
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or
+                                                    torch.bfloat16, enabled=dtype is not None):
+            yield
+
+    def model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """A stacked CPU batch on the model's device, channels-last like the model."""
+        if self.device.type == "cuda" and not batch.is_pinned():
+            batch = batch.pin_memory()
+        batch = batch.to(self.device, non_blocking=True)
+        if batch.dim() == 5:
+            return batch.contiguous(memory_format=torch.channels_last_3d)
+        if batch.dim() == 4:
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
 
     @abstractmethod
     def embed(self, batch: torch.Tensor) -> np.ndarray:
         """Stacked items -> float32 array [B, feature_dim]."""
 
     # ---- inputs ------------------------------------------------------------------------
-    def sampler(self, info: MediaInfo) -> Sampler:
-        """Visual extractors: a fresh per-video sampler."""
+    def sampler(self, info: MediaInfo, start_time: float | None = None) -> Sampler:
+        """Visual extractors: a fresh per-video sampler; ``start_time``: the sampler of a
+        segment whose first frame shows then (frames keep their whole-video indices)."""
         raise TypeError(f"{self.name} is not a visual extractor")
 
     def audio_items(self, waveform: np.ndarray, start: float) -> tuple[list[Item], bool]:
@@ -129,11 +170,13 @@ class FrameSampler(Sampler):
 
     With ``fps``, the frame shown at each target time ``k / fps`` is taken (a frame shown over
     several targets is taken once). A row spans from its frame's time to the next row's frame
-    time (the last to the end of the video).
+    time (the last to the end of the video). ``start_time``: a segment's sampler, whose first
+    target is the first at or after it.
     """
 
     def __init__(self, preprocess: Callable[[Frame], torch.Tensor], *, fps: float | None = None,
-                 count: int | None = None, frame_count: int | None = None) -> None:
+                 count: int | None = None, frame_count: int | None = None,
+                 start_time: float | None = None) -> None:
         if (fps is None) == (count is None):
             raise ConfigError("frame sampling needs exactly one of fps or count")
         if fps is not None and fps <= 0:
@@ -147,6 +190,9 @@ class FrameSampler(Sampler):
             for index in np.round(np.linspace(0, frame_count - 1, count)).astype(int).tolist():
                 self._wanted[index] = self._wanted.get(index, 0) + 1
         self._next_target = 0
+        self._segment = start_time is not None
+        if start_time is not None and fps is not None:
+            self._next_target = max(0, math.ceil((start_time - _SAME_INSTANT) * fps))
         self._previous: Frame | None = None
         self._pending: list[tuple[torch.Tensor, float]] = []
 
@@ -171,13 +217,15 @@ class FrameSampler(Sampler):
                 self._next_target += 1
         return ready
 
-    def finish(self, end_time: float) -> list[Item]:
+    def finish(self, end_time: float, final: bool = True) -> list[Item]:
         ready: list[Item] = []
         last = self._previous
         if self._fps is not None and last is not None:
-            if self._next_target / self._fps < end_time - _SAME_INSTANT or not self._pending:
+            target_left = self._next_target / self._fps < end_time - _SAME_INSTANT
+            # a whole video gives at least one row; a segment only the rows its targets pick
+            if target_left or (not self._pending and not self._segment):
                 ready = self._take(last)
-        elif last is not None:
+        elif last is not None and final:
             # the container counted more frames than decoded (an edit list can hide the last
             # ones): the frames wanted past the end repeat the last, so there are still `count`
             missing = sum(copies for index, copies in self._wanted.items() if index > last.index)
@@ -229,8 +277,8 @@ class ClipSampler(Sampler):
             self._window = self._window[min(self._stride, self._clip_len):]
         return ready
 
-    def finish(self, end_time: float) -> list[Item]:
-        if self._seen and self._seen < self._clip_len and self._window:
+    def finish(self, end_time: float, final: bool = True) -> list[Item]:
+        if final and self._seen and self._seen < self._clip_len and self._window:
             last = self._window[-1][0]
             frames = [t for t, _ in self._window] + [last] * (self._clip_len - len(self._window))
             self._complete.append((self._assemble(torch.cat(frames, dim=1)), self._window[0][1]))

@@ -164,14 +164,14 @@ class C3DExtractor(Extractor):
     def embed(self, batch: torch.Tensor) -> np.ndarray:
         if self.model is None:
             raise RuntimeError("c3d: load() the weights before embed()")
-        with torch.inference_mode():
-            features = self.model(batch.to(self.device), layer=self.layer)
+        with self.inference():
+            features = self.model(self.model_input(batch), layer=self.layer)
             if self._projection is not None:
                 components, centre = self._projection
-                features = (features - centre) @ components.T
+                features = (features.float() - centre) @ components.T
             return features.float().cpu().numpy()
 
-    def sampler(self, info: MediaInfo) -> Sampler:
+    def sampler(self, info: MediaInfo, start_time: float | None = None) -> Sampler:
         return ClipSampler(self._preprocess, clip_len=CLIP_LEN, stride=self.stride,
                            assemble=self._assemble)
 

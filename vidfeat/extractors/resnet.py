@@ -102,15 +102,16 @@ class ResNet152Extractor(Extractor):
     def embed(self, batch: torch.Tensor) -> np.ndarray:
         if self._features is None:
             raise RuntimeError("resnet152: load() the weights before embed()")
-        with torch.inference_mode():
-            features = self._features(batch.to(self.device))["features"]
+        with self.inference():
+            features = self._features(self.model_input(batch))["features"]
         return features.float().cpu().numpy()
 
-    def sampler(self, info: MediaInfo) -> Sampler:
+    def sampler(self, info: MediaInfo, start_time: float | None = None) -> Sampler:
         if self.frames is None:
-            return FrameSampler(self._preprocess, fps=self.fps)
+            return FrameSampler(self._preprocess, fps=self.fps, start_time=start_time)
         frame_count = info.frame_count or count_frames(info.path)
-        return FrameSampler(self._preprocess, count=self.frames, frame_count=frame_count)
+        return FrameSampler(self._preprocess, count=self.frames, frame_count=frame_count,
+                            start_time=start_time)
 
     def _preprocess(self, frame: Frame) -> torch.Tensor:
         # the preset takes the uint8 image as is, as torchvision's own pipeline does

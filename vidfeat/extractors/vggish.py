@@ -218,8 +218,8 @@ class VGGish(Extractor):
             raise RuntimeError("vggish: call load() before embed()")
         if tuple(batch.shape[1:]) != (1, EXAMPLE_FRAMES, MEL_BANDS):
             raise ValueError(f"vggish expects a [B, 1, 96, 64] batch, got {tuple(batch.shape)}")
-        with torch.inference_mode():
-            output = self.model(batch.to(self.device, torch.float32))
+        with self.inference():
+            output = self.model(self.model_input(batch.float()))
         embeddings = output.float().cpu().numpy()
         if self.postprocess:
             if self.pca is None:

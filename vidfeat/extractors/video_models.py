@@ -80,15 +80,15 @@ class _TorchvisionVideoExtractor(Extractor):
     def embed(self, batch: torch.Tensor) -> np.ndarray:
         if self._features is None:
             raise RuntimeError(f"{self.name}: load() the weights before embed()")
-        with torch.inference_mode():
-            output = self._features(batch.to(self.device))["features"]
+        with self.inference():
+            output = self._features(self.model_input(batch))["features"]
             return self._rows(output).float().cpu().numpy()
 
     def _rows(self, output: torch.Tensor) -> torch.Tensor:
         """The feature node's output as [B, feature_dim]."""
         return output
 
-    def sampler(self, info: MediaInfo) -> Sampler:
+    def sampler(self, info: MediaInfo, start_time: float | None = None) -> Sampler:
         return ClipSampler(self._preprocess, clip_len=self.clip_len, stride=self.stride)
 
     def _preprocess(self, frame: Frame) -> torch.Tensor:

@@ -1,4 +1,8 @@
-"""The driver: plan the tasks, run them on Dask with backpressure, index the shards, report.
+"""The driver: decide what to extract, plan work units, run them on Dask with backpressure,
+stitch split videos, index the shards, report.
+
+``prepare_run`` does everything that can fail on bad input before any worker starts;
+``execute`` runs a prepared run on a connected client (jobs/ decides where it comes from).
 
 Exit codes (see README): 0 every requested feature is in the store (a video without audio has
 its vggish recorded as skipped), 1 some videos or features failed (each with its reason in the
@@ -9,30 +13,33 @@ broke (cluster unreachable, store unwritable).
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vidfeat.errors import ConfigError
-from vidfeat.extractors._api import get_extractor
+from vidfeat.extractors._api import check_precision, get_extractor
+from vidfeat.extractors.pool import ExtractorSpec, resolve_device
 from vidfeat.pipeline.corpus import VideoSource, discover, fingerprint
-from vidfeat.pipeline.tasks import ExtractorPool, ExtractorSpec, TaskReport, VideoTask, run_task
+from vidfeat.pipeline.engine import TaskReport, outcomes
+from vidfeat.pipeline.plan import Task, WorkUnit, pack, segments, task_seconds
+from vidfeat.pipeline.worker import extractor_plugin
 from vidfeat.storage.index import StoreIndex
-from vidfeat.storage.schema import FeatureRecord, VideoRecord
+from vidfeat.storage.schema import FeatureRecord, Outcome, VideoRecord
 from vidfeat.storage.writer import create_store, write_shard
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_BROKEN = 0, 1, 2, 3
+DECODERS = ("pyav", "decord", "torchcodec")
+#: videos probed per probe task: enough to amortise the task overhead
+PROBES_PER_TASK = 16
 
 
 @dataclass
 class RunOptions:
     features: list[str] = field(default_factory=lambda: ["resnet152", "c3d", "vggish"])
-    workers: int = 2
-    scheduler: str | None = None
     device: str = "auto"
     weights_dir: str | None = None
     random_weights: bool = False
@@ -40,53 +47,88 @@ class RunOptions:
     extractor_options: dict[str, dict] = field(default_factory=dict)
     dtype: str = "float16"
     batch_size: int = 16
+    precision: str = "fp32"
+    decoder: str = "pyav"
+    #: media seconds per task (and per segment of a long video); None: sized by the corpus
+    segment_seconds: float | None = None
     overwrite: bool = False
     limit: int | None = None
     progress: bool = True
+
+    def check(self) -> None:
+        if not self.features:
+            raise ConfigError("--features names no extractor")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.dtype not in ("float16", "float32"):
+            raise ConfigError(f"--dtype must be float16 or float32, got {self.dtype!r}")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"--decoder must be one of {', '.join(DECODERS)}, "
+                              f"got {self.decoder!r}")
+        if self.segment_seconds is not None and self.segment_seconds <= 0:
+            raise ConfigError(f"segment seconds must be positive, got {self.segment_seconds}")
+        check_precision(self.precision)
 
 
 @dataclass
 class RunReport:
     videos: int = 0
     up_to_date: int = 0
-    extracted: int = 0
-    failed: list[tuple[str, str, str]] = field(default_factory=list)  # video, feature, reason
-    skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
     frames: int = 0
     seconds: float = 0.0
     random_weights: bool = False
-    failed_videos: set[str] = field(default_factory=set)
 
-    def add(self, result: TaskReport) -> None:
-        self.frames += result.frames
-        for name, (status, reason, _) in result.status.items():
-            if status == "failed":
-                self.failed.append((result.video_id, name, reason))
-                self.failed_videos.add(result.video_id)
-            elif status == "skipped":
-                self.skipped.append((result.video_id, name, reason))
+    def add(self, outcomes: list[Outcome], frames: int = 0) -> None:
+        self.outcomes += outcomes
+        self.frames += frames
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def failed_videos(self) -> set[str]:
+        return {o.video_id for o in self.failed}
+
+    @property
+    def extracted(self) -> int:
+        done = {o.video_id for o in self.outcomes if o.status != "up_to_date"}
+        return len(done - self.failed_videos)
 
     @property
     def exit_code(self) -> int:
         return EXIT_FAILURES if self.failed else EXIT_OK
 
     def summary(self) -> str:
-        failed_videos = len(self.failed_videos)
         lines = [
             f"{self.videos} videos: {self.extracted} extracted, {self.up_to_date} already up to "
-            f"date, {failed_videos} with failures; {self.frames} frames decoded in "
+            f"date, {len(self.failed_videos)} with failures; {self.frames} frames decoded in "
             f"{self.seconds:.1f} s ({self.frames / max(self.seconds, 1e-9):.1f} frames/s)"
         ]
         # skips repeat on a large corpus (every silent video): one line per feature and reason
         skips: dict[tuple[str, str], list[str]] = {}
-        for video, feature, reason in self.skipped:
-            skips.setdefault((feature, reason), []).append(video)
+        for outcome in self.outcomes:
+            if outcome.status == "skipped":
+                skips.setdefault((outcome.feature, outcome.reason), []).append(outcome.video_id)
         lines += [f"  skipped {feature} for {len(videos)} videos: {reason} "
                   f"(e.g. {', '.join(videos[:3])})" for (feature, reason), videos in skips.items()]
-        lines += [f"  FAILED {v} {f}: {r}" for v, f, r in self.failed]
+        lines += [f"  FAILED {o.video_id} {o.feature}: {o.reason}" for o in self.failed]
         if self.random_weights:
             lines.append("WARNING: RANDOM WEIGHTS were used: these are not real features")
         return "\n".join(lines)
+
+
+@dataclass
+class PreparedRun:
+    """A validated run: what to extract from which videos, before any worker exists."""
+
+    store: Path
+    options: RunOptions
+    specs: dict[str, ExtractorSpec]
+    hashes: dict[str, str]
+    todo: list[tuple[VideoSource, list[str]]]
+    report: RunReport
 
 
 def _specs(options: RunOptions) -> dict[str, ExtractorSpec]:
@@ -94,10 +136,14 @@ def _specs(options: RunOptions) -> dict[str, ExtractorSpec]:
     unknown |= set(options.extractor_options) - set(options.features)
     if unknown:
         raise ConfigError(f"options given for extractors not in --features: {sorted(unknown)}")
-    return {name: ExtractorSpec(name, dict(options.extractor_options.get(name, {})),
-                                options.weights_files.get(name), options.random_weights,
-                                options.weights_dir)
-            for name in options.features}
+    specs = {}
+    for name in options.features:
+        extractor_options = dict(options.extractor_options.get(name, {}))
+        # precision is a run option that a feature may override: --set c3d.precision=bf16
+        precision = check_precision(extractor_options.pop("precision", options.precision))
+        specs[name] = ExtractorSpec(name, extractor_options, options.weights_files.get(name),
+                                    options.random_weights, options.weights_dir, precision)
+    return specs
 
 
 def _shard_name(video_id: str, kind: str, config_hashes: list[str]) -> str:
@@ -131,151 +177,253 @@ def _features_to_extract(video: VideoSource, index: StoreIndex, hashes: dict[str
             or present[name].config_hash != config_hash]
 
 
-def plan(videos: list[VideoSource], store: Path, specs: dict[str, ExtractorSpec],
-         options: RunOptions, report: RunReport) -> list[VideoTask]:
-    hashes = {name: s.describe().config_hash() for name, s in specs.items()}
-    modality = {name: get_extractor(name).modality for name in specs}
-    index = StoreIndex(store)
-    tasks = []
-    for video in videos:
-        try:
-            todo = list(hashes) if options.overwrite else _features_to_extract(video, index, hashes)
-        except ConfigError as error:
-            report.failed.extend((video.video_id, name, str(error)) for name in hashes)
-            report.failed_videos.add(video.video_id)
-            continue
-        if not todo:
-            report.up_to_date += 1
-        for kind in ("visual", "audio"):
-            names = [n for n in todo if (modality[n] == "audio") == (kind == "audio")]
-            if names:
-                tasks.append(VideoTask(
-                    video, kind, tuple(names), str(store),
-                    _shard_name(video.video_id, kind, [hashes[n] for n in names]),
-                    options.dtype, options.batch_size,
-                ))
-    return tasks
-
-
-@contextmanager
-def _client(options: RunOptions) -> Iterator[object]:
-    from distributed import Client, LocalCluster
-
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        # distributed logs every worker start/stop at INFO: noise next to the progress bar
-        logging.getLogger("distributed").setLevel(logging.ERROR)
-    if options.scheduler:
-        with Client(options.scheduler, timeout="30s") as client:
-            yield client
-        return
-    with LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-            Client(cluster) as client:
-        yield client
-
-
-def _failure_shard(task: VideoTask, reason: str) -> str:
-    """A task that died (worker killed, crash) still leaves its failure in the store."""
-    records = [FeatureRecord(name, "failed", reason=reason) for name in task.features]
-    attrs = {"source_path": task.video.path, "video_id": task.video.video_id}
-    return write_shard(task.store, task.shard_name, [VideoRecord(task.video.video_id, attrs,
-                                                                 records)], dtype=task.dtype)
-
-
-def run_extract(sources: list[str], store: str | Path, options: RunOptions) -> RunReport:
-    """Extract ``options.features`` from the videos named by ``sources`` into ``store``."""
-    from tqdm import tqdm
-
-    if options.workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {options.workers}")
-    if options.dtype not in ("float16", "float32"):
-        raise ConfigError(f"--dtype must be float16 or float32, got {options.dtype!r}")
+def prepare_run(sources: list[str], store: str | Path, options: RunOptions) -> PreparedRun:
+    """Validate everything and decide what each video needs; creates the store."""
+    options.check()
     videos = discover(sources, options.limit)
     specs = _specs(options)
-    if not options.scheduler:
-        from vidfeat.pipeline.tasks import resolve_device
-
+    if options.device != "auto":
         resolve_device(options.device)  # refuse --device cuda on a machine without one now
+    hashes = {name: s.describe().config_hash() for name, s in specs.items()}
     store = create_store(store)
-    StoreIndex(store).add_unindexed()  # a killed driver's finished work is not done again
-    report = RunReport(videos=len(videos), random_weights=options.random_weights)
-    tasks = plan(videos, store, specs, options, report)
-    plugin_name = "vidfeat-" + hashlib.sha256(repr(sorted(specs.items())).encode()).hexdigest()[:12]
-    threads = None if options.scheduler else max(1, (os.cpu_count() or 1) // options.workers)
-    started = time.perf_counter()
     index = StoreIndex(store)
-    pending_by_video: dict[str, int] = {}
-    for task in tasks:
-        pending_by_video[task.video.video_id] = pending_by_video.get(task.video.video_id, 0) + 1
-    with _client(options) as client, tqdm(total=len(pending_by_video), unit="video",
-                                          disable=not options.progress, smoothing=0) as bar:
-        client.register_plugin(_extractor_plugin(plugin_name, specs, options.device, threads))
+    index.add_unindexed()  # a killed driver's finished work is not done again
+    report = RunReport(videos=len(videos), random_weights=options.random_weights)
+    todo = []
+    for video in videos:
         try:
-            for result in _run_tasks(client, tasks, plugin_name):
-                index.add_shard(result.shard)
-                report.add(result)
-                pending_by_video[result.video_id] -= 1
-                if not pending_by_video[result.video_id]:
-                    report.extracted += result.video_id not in report.failed_videos
-                    bar.update(1)
+            names = list(hashes) if options.overwrite else _features_to_extract(
+                video, index, hashes)
+        except ConfigError as error:
+            report.add([Outcome(video.video_id, name, "failed", str(error),
+                                source_path=video.path) for name in hashes])
+            continue
+        if names:
+            todo.append((video, names))
+        else:
+            report.up_to_date += 1
+            report.add([Outcome(video.video_id, name, "up_to_date", source_path=video.path)
+                        for name in hashes])
+    return PreparedRun(store, options, specs, hashes, todo, report)
+
+
+# ---- tasks run on workers ------------------------------------------------------------------
+def _probe_videos(paths: list[str]) -> list[tuple[Any, str]]:
+    from vidfeat.media import probe
+
+    results = []
+    for path in paths:
+        try:
+            results.append((probe(path), ""))
+        except Exception as error:  # recorded for the video; the run goes on
+            from vidfeat.pipeline.records import reason_of
+
+            results.append((None, reason_of(error)))
+    return results
+
+
+def _frame_times(path: str) -> Any:
+    from vidfeat.media.timeline import frame_times
+
+    return frame_times(path)
+
+
+def _run_units(units: list[WorkUnit], store: str, plugin_name: str, options: RunOptions
+               ) -> TaskReport:
+    from vidfeat.pipeline.engine import Engine
+    from vidfeat.pipeline.worker import worker_state
+
+    state = worker_state(plugin_name)
+    engine = Engine(state.pool, batch_size=options.batch_size, dtype=options.dtype,
+                    decoder=options.decoder)
+    return engine.run(units, store)
+
+
+def _stitch(reports: list[TaskReport], modality: dict[str, str], store: str, dtype: str
+            ) -> TaskReport:
+    from vidfeat.pipeline.stitch import stitch_and_write
+
+    return stitch_and_write([part for report in reports for part in report.parts],
+                            modality, store, dtype)
+
+
+# ---- the driver ----------------------------------------------------------------------------
+def execute(run: PreparedRun, client: Any) -> RunReport:
+    """Extract ``run.todo`` on ``client``'s workers; every outcome lands in the report."""
+    from tqdm import tqdm
+
+    report = run.report
+    started = time.perf_counter()
+    index = StoreIndex(run.store)
+    plugin_name = "vidfeat-" + hashlib.sha256(
+        repr(sorted(run.specs.items())).encode()).hexdigest()[:12]
+    workers = client.scheduler_info().get("workers", {})
+    slots_by_host: dict[str, int] = {}
+    for worker in workers.values():
+        slots_by_host[worker["host"]] = slots_by_host.get(worker["host"], 0) + worker["nthreads"]
+    slots = max(1, sum(slots_by_host.values()))
+    client.register_plugin(extractor_plugin(plugin_name, run.specs, run.options.device,
+                                            slots_by_host))
+    try:
+        with tqdm(total=len(run.todo), unit="video", disable=not run.options.progress,
+                  smoothing=0) as bar:
+            tasks = _plan(run, client, slots, index, report, bar)
+            for result in _run_tasks(client, run, tasks, plugin_name):
+                for shard in result.shards:
+                    index.add_shard(shard)
+                report.add(result.outcomes, result.frames)
+                finished = {o.video_id for o in result.outcomes}
+                bar.update(len(finished))
                 elapsed = time.perf_counter() - started
                 bar.set_postfix(failed=len(report.failed_videos),
                                 fps=f"{report.frames / max(elapsed, 1e-9):.1f}", refresh=False)
-        finally:
-            # a shared scheduler's workers must not keep this run's models in memory
-            client.unregister_worker_plugin(plugin_name)
+    finally:
+        # a shared scheduler's workers must not keep this run's models in memory
+        client.unregister_worker_plugin(plugin_name)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _run_tasks(client: object, tasks: list[VideoTask], plugin_name: str
-               ) -> Iterator[TaskReport]:
-    """Run ``tasks`` with about two per worker thread in flight (backpressure: a new task is
-    submitted as each one finishes); yield their reports as they complete. A task that dies
-    (worker killed, crash) still yields a report, and leaves its failure in the store."""
+def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: RunReport,
+          bar: Any) -> list[Task | list[WorkUnit]]:
+    """Probe the videos on the workers, then cut the work into tasks: packs of units, and one
+    task per segment of a long video (a list of WorkUnit of length one, see _run_tasks)."""
+    paths = [video.path for video, _ in run.todo]
+    chunks = [paths[i:i + PROBES_PER_TASK] for i in range(0, len(paths), PROBES_PER_TASK)]
+    probed = [item for chunk in client.gather(client.map(_probe_videos, chunks, pure=False))
+              for item in chunk]
+    modality = {name: get_extractor(name).modality for name in run.specs}
+    units: list[WorkUnit] = []
+    total = sum(info.duration for info, _ in probed if info is not None)
+    seconds = task_seconds(total, slots, run.options.segment_seconds)
+    long_videos = []
+    for (video, names), (info, error) in zip(run.todo, probed, strict=True):
+        if info is None:
+            failure = _failure(video, names, error, run)
+            index.add_shard(failure[0])
+            report.add(failure[1])
+            bar.update(1)
+            continue
+        for kind in ("visual", "audio"):
+            features = tuple(n for n in names if (modality[n] == "audio") == (kind == "audio"))
+            if not features:
+                continue
+            unit = WorkUnit(video, kind, features,  # type: ignore[arg-type]
+                            _shard_name(video.video_id, kind, [run.hashes[n] for n in features]),
+                            info)
+            if kind == "visual" and info.duration > 1.5 * seconds:
+                long_videos.append(unit)
+            else:
+                units.append(unit)
+    tasks: list[Task | list[WorkUnit]] = list(pack(units, seconds))
+    times = client.gather(client.map(_frame_times, [u.video.path for u in long_videos],
+                                     pure=False))
+    for unit, frame_times in zip(long_videos, times, strict=True):
+        align, longest = _clip_alignment(run, unit.features)
+        for segment in segments(frame_times, seconds, align, longest):
+            tasks.append([WorkUnit(unit.video, unit.kind, unit.features, unit.shard_name,
+                                   unit.info, segment)])
+    # the longest work first, so the stragglers at the end of a run are short
+    return sorted(tasks, key=lambda t: -(t.seconds if isinstance(t, Task) else t[0].seconds))
+
+
+def _clip_alignment(run: PreparedRun, features: tuple[str, ...]) -> tuple[int, int]:
+    """Segment starts must be clip starts of every clip feature: a multiple of each stride."""
+    import math
+
+    align, longest = 1, 0
+    for name in features:
+        options = run.specs[name].describe().options()
+        if "stride" in options and "clip_len" in options:
+            align = math.lcm(align, int(options["stride"]))
+            longest = max(longest, int(options["clip_len"]))
+    return align, longest
+
+
+def _failure(video: VideoSource, names: list[str], reason: str, run: PreparedRun
+             ) -> tuple[str, list[Outcome]]:
+    """A video whose task never reported, or that cannot be probed, still leaves its failure
+    in the store."""
+    records = [FeatureRecord(name, "failed", reason=reason) for name in names]
+    attrs = {"source_path": video.path, "video_id": video.video_id}
+    kinds = sorted({"audio" if get_extractor(n).modality == "audio" else "visual"
+                    for n in names})
+    shard = write_shard(run.store, _shard_name(video.video_id, "+".join(kinds),
+                                               [run.hashes[n] for n in names]),
+                        [VideoRecord(video.video_id, attrs, records)], dtype=run.options.dtype)
+    return shard, [Outcome(video.video_id, r.feature, "failed", reason, source_path=video.path)
+                   for r in records]
+
+
+def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]],
+               plugin_name: str) -> Iterator[TaskReport]:
+    """Run ``tasks`` with about two per worker thread in flight (a new one is submitted as
+    each finishes); a long video's segments are stitched once all are done. A task that dies
+    (worker killed, crash) still yields a report and leaves its failures in the store."""
     from distributed import as_completed
 
+    store = str(run.store)
+    modality = {name: get_extractor(name).modality for name in run.specs}
     queue = list(reversed(tasks))
-    futures: dict[object, VideoTask] = {}
+    in_flight: dict[Any, list[WorkUnit]] = {}
+    segments_done: dict[str, list[Any]] = {}  # shard name -> finished segment futures
+    broken: set[str] = set()
+    stitches: set[Any] = set()
     completed = as_completed()
 
-    def submit() -> None:
-        task = queue.pop()
-        key = f"{task.shard_name.split('/')[-1]}-{time.time_ns()}"
-        future = client.submit(_run_on_worker, task, plugin_name, pure=False, key=key)
-        futures[future] = task
+    def submit(units: list[WorkUnit]) -> None:
+        key = f"vidfeat-{units[0].video.video_id}-{time.time_ns()}"
+        future = client.submit(_run_units, units, store, plugin_name, run.options,
+                               pure=False, key=key)
+        in_flight[future] = units
         completed.add(future)
 
-    for _ in range(min(max(2, 2 * sum(client.nthreads().values())), len(queue))):
-        submit()
-    for future in completed:
-        task = futures.pop(future)
-        try:
-            yield future.result()
-        except Exception as error:  # the task never reported: record why, go on
-            reason = f"task died: {type(error).__name__}: {error}".splitlines()[0]
-            yield TaskReport(task.video.video_id, task.kind, _failure_shard(task, reason),
-                             {name: ("failed", reason, 0) for name in task.features})
+    def submit_next() -> None:
         if queue:
-            submit()
+            task = queue.pop()
+            submit(task.units if isinstance(task, Task) else task)
+
+    for _ in range(min(max(2, 2 * sum(client.nthreads().values())), len(queue))):
+        submit_next()
+    for future in completed:
+        units = in_flight.pop(future)
+        segment = units[0].segment if len(units) == 1 else None
+        if future.status == "error":
+            error = future.exception()
+            reason = f"task died: {type(error).__name__}: {error}".splitlines()[0]
+            yield _died(units, reason, run, broken)
+        elif segment is not None and future not in stitches:
+            name = units[0].shard_name
+            if name not in broken:
+                done = segments_done.setdefault(name, [])
+                done.append(future)
+                if len(done) == segment.count:
+                    del segments_done[name]
+                    stitched = client.submit(_stitch, done, modality, store, run.options.dtype,
+                                             pure=False, key=f"vidfeat-stitch-{time.time_ns()}")
+                    stitches.add(stitched)
+                    in_flight[stitched] = units
+                    completed.add(stitched)
+                    continue  # the stitch takes this slot
+        else:
+            stitches.discard(future)
+            yield future.result()
+        submit_next()
 
 
-def _extractor_plugin(name: str, specs: dict[str, ExtractorSpec], device: str,
-                      threads: int | None) -> object:
-    """A worker plugin that gives each worker process one ExtractorPool for this run; the models
-    load on a worker's first task and stay loaded for the rest."""
-    from distributed import WorkerPlugin
+def _died(units: list[WorkUnit], reason: str, run: PreparedRun, broken: set[str]
+          ) -> TaskReport:
+    report = TaskReport()
+    for unit in units:
+        if unit.shard_name in broken:
+            continue
+        if unit.segment is not None:
+            broken.add(unit.shard_name)
+        shard, failures = _failure(unit.video, list(unit.features), reason, run)
+        report.shards.append(shard)
+        report.outcomes += failures
+    return report
 
-    class ExtractorPlugin(WorkerPlugin):
-        def setup(self, worker: object) -> None:
-            self.pool = ExtractorPool(specs, device, threads)
 
-    plugin = ExtractorPlugin()
-    plugin.name = name
-    return plugin
-
-
-def _run_on_worker(task: VideoTask, plugin_name: str) -> TaskReport:
-    from distributed import get_worker
-
-    return run_task(task, get_worker().plugins[plugin_name].pool)
+__all__ = ["EXIT_BROKEN", "EXIT_FAILURES", "EXIT_OK", "EXIT_USAGE", "PreparedRun", "RunOptions",
+           "RunReport", "execute", "outcomes", "prepare_run"]

@@ -1,0 +1,110 @@
+"""Extractors as a worker process holds them: what to build (``ExtractorSpec``, picklable), the
+device policy, and the per-process pool that loads each model once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vidfeat.errors import ConfigError
+from vidfeat.extractors._api import Extractor, Precision, check_precision, get_extractor
+from vidfeat.extractors.weights import (
+    check_keys,
+    load_weights,
+    locate,
+    read_state_dict,
+    sha256_file,
+    spec,
+    verify,
+)
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """Everything a worker needs to build and load one extractor (picklable)."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    weights_file: str | None = None  # a user's file; None: the registry's verified file
+    random_weights: bool = False
+    weights_dir: str | None = None
+    precision: Precision = "fp32"
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+
+    def build(self) -> Extractor:
+        try:
+            extractor = get_extractor(self.name)(**self.options)
+        except TypeError as error:
+            raise ConfigError(f"{self.name}: bad option: {error}") from error
+        extractor.precision = self.precision
+        return extractor
+
+    def weights_sha256(self, extractor: Extractor) -> str:
+        """The sha256 the loaded weights will have, computed without loading them."""
+        if self.random_weights:
+            return "random"
+        if self.weights_file:
+            path = Path(self.weights_file)
+            if not path.is_file():
+                raise ConfigError(f"{path}: no such weights file for {self.name}")
+            return sha256_file(path)
+        weights_dir = Path(self.weights_dir) if self.weights_dir else None
+        path = locate(extractor.weights_name, weights_dir)
+        return verify(spec(extractor.weights_name), path)
+
+    def describe(self) -> Extractor:
+        """An unloaded extractor whose ``config_hash()`` is the one the loaded one will have.
+        A user's weights file is checked for the right keys here, before any worker starts."""
+        extractor = self.build()
+        extractor.weights_sha256 = self.weights_sha256(extractor)
+        if self.weights_file:
+            with torch.device("meta"):  # shapes only: no memory, no initialisation
+                model = extractor.build_model()
+            check_keys(read_state_dict(Path(self.weights_file), mmap=True), model, self.name,
+                       self.weights_file)
+        return extractor
+
+    def load(self, device: torch.device) -> Extractor:
+        extractor = self.build()
+        weights = load_weights(
+            self.name, extractor.weights_name,
+            file=Path(self.weights_file) if self.weights_file else None,
+            weights_dir=Path(self.weights_dir) if self.weights_dir else None,
+            random=self.random_weights,
+        )
+        extractor.load(weights, device)
+        return extractor
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` is CUDA when this process sees a GPU; ``cuda`` without one is an error, never a
+    silent fall back to the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {requested}: no CUDA device visible on this machine")
+    if requested != "cpu" and not requested.startswith("cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {requested!r}")
+    return torch.device(requested)
+
+
+class ExtractorPool:
+    """The extractors of one run in one worker process, each loaded on first use."""
+
+    def __init__(self, specs: dict[str, ExtractorSpec], device: str = "auto") -> None:
+        self.specs = specs
+        self.requested_device = device
+        self._loaded: dict[str, Extractor] = {}
+
+    def get(self, name: str) -> Extractor:
+        if name not in self._loaded:
+            device = resolve_device(self.requested_device)
+            if device.type == "cuda":
+                torch.backends.cudnn.benchmark = True  # fixed batch shapes: tuned once
+            self._loaded[name] = self.specs[name].load(device)
+        return self._loaded[name]

@@ -1,0 +1,299 @@
+"""The worker engine: runs one task's work units so that the model never waits.
+
+A decode thread walks the units (decode each video once for all its visual features, or its
+audio), feeds every frame to the samplers and puts the preprocessed items on a bounded queue;
+the calling thread drains it into fixed-size batches per extractor, filled from several units,
+and embeds each batch while the decoder prepares the next (PyAV and torch release the GIL).
+Rows go back to their unit; a unit is finished when its decode ended and its last item was
+embedded: a whole video is then written as its shard, a segment is returned for stitching.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from vidfeat.errors import VidfeatError
+from vidfeat.extractors._api import Extractor, Item
+from vidfeat.extractors.pool import ExtractorPool
+from vidfeat.media import Frame, MediaInfo, iter_frames, load_audio
+from vidfeat.pipeline.corpus import fingerprint
+from vidfeat.pipeline.plan import Segment, WorkUnit
+from vidfeat.pipeline.records import failed_record, feature_attrs, reason_of
+from vidfeat.storage.schema import FeatureRecord, Outcome, VideoRecord
+from vidfeat.storage.writer import write_shard
+
+# PTS * time_base is inexact in binary: times this close are the same instant
+_SAME_INSTANT = 1e-6
+
+
+@dataclass
+class SegmentPart:
+    """A finished segment's rows, kept in memory until its video is stitched."""
+
+    unit: WorkUnit
+    attrs: dict[str, Any]
+    records: list[FeatureRecord]
+    frames: int
+    seconds: float
+
+
+@dataclass
+class TaskReport:
+    """What a task returns to the driver: outcomes and shard paths, never rows."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
+    parts: list[SegmentPart] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _Feature:
+    extractor: Extractor
+    rows: list[np.ndarray] = field(default_factory=list)
+    spans: list[tuple[float, float]] = field(default_factory=list)
+    queued: int = 0  # items waiting in the batcher
+    failure: FeatureRecord | None = None
+    padded: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class _Unit:
+    unit: WorkUnit
+    features: dict[str, _Feature]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    decoded: bool = False
+    frames: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def done(self) -> bool:
+        return self.decoded and not any(feature.queued for feature in self.features.values())
+
+
+class Engine:
+    """Runs tasks in one worker process with that process's extractor pool."""
+
+    def __init__(self, pool: ExtractorPool, *, batch_size: int = 16, dtype: str = "float16",
+                 decoder: str = "pyav", decoder_threads: int | None = None,
+                 queue_items: int | None = None) -> None:
+        self.pool = pool
+        self.decoder_threads = decoder_threads
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.decoder = decoder
+        self.queue_items = queue_items or 2 * batch_size
+
+    def run(self, units: list[WorkUnit], store: str) -> TaskReport:
+        started = time.perf_counter()
+        report = TaskReport()
+        states: list[_Unit] = []
+        for unit in units:
+            features = {}
+            for name in unit.features:
+                try:
+                    features[name] = _Feature(self.pool.get(name))
+                except VidfeatError as error:  # weights or device: the same for every video
+                    features[name] = _Feature(None, failure=FeatureRecord(  # type: ignore[arg-type]
+                        name, "failed", reason=reason_of(error)))
+            states.append(_Unit(unit, features))
+        messages: queue.Queue = queue.Queue(maxsize=self.queue_items)
+        decoder = threading.Thread(target=self._decode_all, args=(states, messages),
+                                   name="vidfeat-decode", daemon=True)
+        decoder.start()
+        batches: dict[str, list[tuple[_Unit, Item]]] = {}
+        while (message := messages.get()) is not None:
+            state, name, item = message
+            if item is None:  # the unit's decode ended
+                state.decoded = True
+            else:
+                batch = batches.setdefault(name, [])
+                batch.append((state, item))
+                state.features[name].queued += 1
+                if len(batch) >= self.batch_size:
+                    self._embed(name, batch)
+                    batch.clear()
+            self._finish_done(states, store, report)
+        decoder.join()
+        for name, batch in batches.items():
+            if batch:
+                self._embed(name, batch)
+        self._finish_done(states, store, report)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    # ---- model side ----------------------------------------------------------------------
+    def _embed(self, name: str, batch: list[tuple[_Unit, Item]]) -> None:
+        extractor = batch[0][0].features[name].extractor
+        started = time.perf_counter()
+        try:
+            rows = extractor.embed(torch.stack([item.tensor for _, item in batch]))
+        except Exception as error:  # e.g. out of memory: every unit in the batch loses it
+            for state, _ in batch:
+                feature = state.features[name]
+                feature.queued -= 1
+                feature.failure = feature.failure or failed_record(extractor, reason_of(error))
+            return
+        share = (time.perf_counter() - started) / len(batch)
+        for (state, item), row in zip(batch, rows, strict=True):
+            feature = state.features[name]
+            feature.queued -= 1
+            feature.seconds += share
+            if feature.failure is None:
+                feature.rows.append(row)
+                feature.spans.append((item.start, item.end))
+
+    def _finish_done(self, states: list[_Unit], store: str, report: TaskReport) -> None:
+        for state in [s for s in states if s.done]:
+            states.remove(state)
+            self._finish(state, store, report)
+
+    def _finish(self, state: _Unit, store: str, report: TaskReport) -> None:
+        unit = state.unit
+        records = [_record(feature, unit) for feature in state.features.values()]
+        seconds = time.perf_counter() - state.started
+        report.frames += state.frames
+        if unit.segment is not None:
+            report.parts.append(SegmentPart(unit, state.attrs, records, state.frames, seconds))
+            return
+        shard = write_shard(store, unit.shard_name,
+                            [VideoRecord(unit.video.video_id, state.attrs, records)],
+                            dtype=self.dtype)
+        report.shards.append(shard)
+        report.outcomes += outcomes(unit, records, state.features)
+
+    # ---- decode side (its own thread) ----------------------------------------------------
+    def _decode_all(self, states: list[_Unit], messages: queue.Queue) -> None:
+        try:
+            for state in list(states):
+                self._decode_unit(state, messages)
+                messages.put((state, None, None))
+        finally:
+            messages.put(None)
+
+    def _decode_unit(self, state: _Unit, messages: queue.Queue) -> None:
+        unit = state.unit
+        live = {name: f for name, f in state.features.items() if f.failure is None}
+        state.attrs = {"source_path": unit.video.path, "video_id": unit.video.video_id}
+        try:
+            info = unit.info
+            if info is None:
+                raise VidfeatError(unit.error or f"{unit.video.path}: cannot be probed")
+            stat = os.stat(unit.video.path)
+            state.attrs.update(info.as_attrs(), fingerprint=fingerprint(unit.video.path),
+                               file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns)
+            if not live:
+                return
+            if unit.kind == "visual":
+                self._decode_visual(state, info, live, messages)
+            else:
+                self._decode_audio(state, info, live, messages)
+        except Exception as error:  # the unit fails; the task's other units go on
+            reason = reason_of(error)
+            for feature in live.values():
+                feature.failure = feature.failure or failed_record(feature.extractor, reason)
+
+    def _decode_visual(self, state: _Unit, info: MediaInfo, live: dict[str, _Feature],
+                       messages: queue.Queue) -> None:
+        segment = state.unit.segment
+        start = segment.start_time if segment else None
+        stop = segment.stop_time if segment else math.inf
+        samplers = {name: f.extractor.sampler(info, start_time=start) for name, f in live.items()}
+        takes_frames = {name: f.extractor.modality == "frames" for name, f in live.items()}
+        end = 0.0
+        for frame in _frames(info, segment, self.decoder, self.decoder_threads):
+            state.frames += 1
+            end = frame.end
+            for name, sampler in samplers.items():
+                feature = live[name]
+                if feature.failure is not None:
+                    continue
+                if takes_frames[name] and frame.time >= stop - _SAME_INSTANT:
+                    continue  # the next segment's frame: seen only for the clips' sake
+                try:
+                    self._put(state, name, sampler.push(frame), stop, messages)
+                except Exception as error:  # one extractor failing must not stop the others
+                    feature.failure = failed_record(feature.extractor, reason_of(error))
+        final = segment is None or segment.is_last
+        for name, sampler in samplers.items():
+            feature = live[name]
+            if feature.failure is not None:
+                continue
+            # frame rows end where the next row starts: in the next segment (stitch.py)
+            end_time = end if final or not takes_frames[name] else stop
+            try:
+                self._put(state, name, sampler.finish(end_time, final=final), stop, messages)
+                feature.padded = sampler.padded
+            except Exception as error:
+                feature.failure = failed_record(feature.extractor, reason_of(error))
+
+    def _decode_audio(self, state: _Unit, info: MediaInfo, live: dict[str, _Feature],
+                      messages: queue.Queue) -> None:
+        if not info.has_audio:
+            for feature in live.values():
+                feature.failure = failed_record(feature.extractor, "no audio stream", "skipped")
+            return
+        waveform = load_audio(info)
+        if not waveform.size:
+            for feature in live.values():
+                feature.failure = failed_record(feature.extractor,
+                                                "the audio stream has no samples", "skipped")
+            return
+        for name, feature in live.items():
+            try:
+                items, feature.padded = feature.extractor.audio_items(waveform, info.audio_start)
+            except Exception as error:
+                feature.failure = failed_record(feature.extractor, reason_of(error))
+                continue
+            self._put(state, name, items, math.inf, messages)
+
+    @staticmethod
+    def _put(state: _Unit, name: str, items: list[Item], stop: float,
+             messages: queue.Queue) -> None:
+        for item in items:
+            if item.start < stop - _SAME_INSTANT:  # later items belong to the next segment
+                messages.put((state, name, item))
+
+
+def _frames(info: MediaInfo, segment: Segment | None, decoder: str, threads: int | None
+            ) -> Iterator[Frame]:
+    """The frames a unit needs: the whole video, or a segment's decode range (whole-video
+    frame indices, so that samplers pick the same frames as an unsplit run)."""
+    if segment is None:
+        return iter_frames(info, decoder=decoder, threads=threads)
+    stop = None if math.isinf(segment.decode_stop_time) else segment.decode_stop_time
+    return iter_frames(info, decoder=decoder, threads=threads, start_time=segment.start_time,
+                       stop_time=stop, first_index=segment.start_frame)
+
+
+def _record(feature: _Feature, unit: WorkUnit) -> FeatureRecord:
+    if feature.failure is not None:
+        return feature.failure
+    extractor = feature.extractor
+    data = (np.stack(feature.rows) if feature.rows
+            else np.zeros((0, extractor.feature_dim), np.float32))
+    times = np.asarray(feature.spans, dtype=np.float64).reshape(-1, 2)
+    if not len(data) and unit.segment is None:
+        return failed_record(extractor, "no rows: the video is too short for this extractor")
+    return FeatureRecord(extractor.name, "ok", data=data, times=times,
+                         attrs=feature_attrs(extractor, feature.padded))
+
+
+def outcomes(unit: WorkUnit, records: list[FeatureRecord],
+             features: dict[str, _Feature] | None = None) -> list[Outcome]:
+    return [Outcome(unit.video.video_id, record.feature, record.status, record.reason,
+                    0 if record.data is None else len(record.data),
+                    features[record.feature].seconds if features else 0.0, unit.video.path)
+            for record in records]

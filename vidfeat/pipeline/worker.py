@@ -1,0 +1,91 @@
+"""What vidfeat sets inside each worker process, whoever started it (our LocalCluster, a
+``dask worker`` a user started, a cluster backend), and the plugin that holds the run's models.
+
+glibc's malloc returns every large block to the system with ``munmap`` once any
+``MALLOC_TRIM_THRESHOLD_`` is set, which distributed's nanny does for its workers (65 536):
+every activation tensor of every batch is then a fresh ``mmap`` with its pages faulted in again.
+That made the same task 1.6x slower in a LocalCluster worker than in the driver. ``mallopt``
+here puts both thresholds back above any tensor we allocate, at run time, so it also fixes
+workers whose environment vidfeat did not choose.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import socket
+
+import torch
+
+from vidfeat.extractors.pool import ExtractorPool, ExtractorSpec
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: blocks below this stay in malloc's heap and are reused: above any batch's activations
+MALLOC_THRESHOLD_BYTES = 1 << 30
+
+
+def tune_malloc() -> bool:
+    """Raise glibc's trim and mmap thresholds; False where this is not glibc."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_TRIM_THRESHOLD, MALLOC_THRESHOLD_BYTES)
+                and mallopt(_M_MMAP_THRESHOLD, MALLOC_THRESHOLD_BYTES))
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def torch_threads_for(slots_on_host: int) -> int:
+    """Intra-op threads per task slot so that slots x torch threads <= cores;
+    ``VIDFEAT_TORCH_THREADS`` overrides (for workers sharing a host with other jobs)."""
+    override = os.environ.get("VIDFEAT_TORCH_THREADS")
+    if override and override.isdigit() and int(override) > 0:
+        return int(override)
+    return max(1, available_cores() // max(1, slots_on_host))
+
+
+class WorkerState:
+    """One per worker process and run: the tuned process and the extractor pool."""
+
+    def __init__(self, specs: dict[str, ExtractorSpec], device: str, torch_threads: int) -> None:
+        tune_malloc()
+        torch.set_num_threads(torch_threads)
+        self.torch_threads = torch_threads
+        self.pool = ExtractorPool(specs, device)
+
+
+def extractor_plugin(name: str, specs: dict[str, ExtractorSpec], device: str,
+                     slots_by_host: dict[str, int]) -> object:
+    """A worker plugin giving each worker process one ``WorkerState`` for this run; models load
+    on a worker's first task and stay loaded. ``slots_by_host``: task slots (worker threads)
+    per host when the run started, to size torch's threads."""
+    from distributed import WorkerPlugin
+
+    class ExtractorPlugin(WorkerPlugin):
+        def setup(self, worker: object) -> None:
+            host = worker.address.split("://")[-1].rsplit(":", 1)[0]  # type: ignore[attr-defined]
+            slots = slots_by_host.get(host) or slots_by_host.get(socket.gethostname())
+            slots = slots or worker.state.nthreads  # type: ignore[attr-defined]
+            self.state = WorkerState(specs, device, torch_threads_for(slots))
+
+    plugin = ExtractorPlugin()
+    plugin.name = name
+    return plugin
+
+
+def worker_state(plugin_name: str) -> WorkerState:
+    from distributed import get_worker
+
+    return get_worker().plugins[plugin_name].state
