@@ -51,6 +51,9 @@ class RunOptions:
     decoder: str = "pyav"
     #: media seconds per task (and per segment of a long video); None: sized by the corpus
     segment_seconds: float | None = None
+    #: Dask worker resources a model task needs, e.g. {"GPU": 1}: model tasks then run only
+    #: on workers declaring them, while probing and stitching run anywhere
+    model_resources: dict[str, float] = field(default_factory=dict)
     overwrite: bool = False
     limit: int | None = None
     progress: bool = True
@@ -374,7 +377,8 @@ def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]]
     def submit(units: list[WorkUnit]) -> None:
         key = f"vidfeat-{units[0].video.video_id}-{time.time_ns()}"
         future = client.submit(_run_units, units, store, plugin_name, run.options,
-                               pure=False, key=key)
+                               pure=False, key=key,
+                               resources=run.options.model_resources or None)
         in_flight[future] = units
         completed.add(future)
 
