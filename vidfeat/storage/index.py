@@ -42,7 +42,8 @@ from vidfeat.storage.writer import (
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 120.0
-SQLITE_FULL = 13
+SQLITE_IOERR, SQLITE_FULL = 10, 13
+NEARLY_FULL_BYTES = 1 << 20
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS shards (
@@ -190,8 +191,11 @@ class StoreIndex:
             try:
                 yield
             except sqlite3.Error as error:
-                if (getattr(error, "sqlite_errorcode", None) == SQLITE_FULL
-                        or "database or disk is full" in str(error)):
+                code = getattr(error, "sqlite_errorcode", None)
+                # in WAL mode a full disk often shows as an I/O error writing the log
+                if (code == SQLITE_FULL or "database or disk is full" in str(error)
+                        or (code is not None and code & 0xFF == SQLITE_IOERR
+                            and _free_bytes(self.directory) < NEARLY_FULL_BYTES)):
                     raise StoreFullError(f"store {self.directory}: disk full {doing} "
                                          f"({error}); free space and rerun") from error
                 raise
@@ -384,6 +388,14 @@ class StoreIndex:
              _text_or_none(merged.get("source_path")),
              json.dumps(merged, default=str), json.dumps(versions)),
         )
+
+
+def _free_bytes(directory: Path) -> int:
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return NEARLY_FULL_BYTES
+    return stats.f_bavail * stats.f_frsize
 
 
 def _text_or_none(value: Any) -> str | None:

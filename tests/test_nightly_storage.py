@@ -1,0 +1,263 @@
+"""The store under nightly conditions, on real file systems: a full disk (a 2 MiB tmpfs), a
+read-only bind mount, merged files from another vidfeat version, re-extraction messages."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import multiprocessing
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from vidfeat.errors import StoreError, StoreFullError
+from vidfeat.storage.index import StoreIndex
+from vidfeat.storage.inspect import summarize
+from vidfeat.storage.merge import merge
+from vidfeat.storage.reader import MERGED_INDEX_DATASET, open_store
+from vidfeat.storage.schema import FeatureRecord, VideoRecord
+from vidfeat.storage.verify import verify
+from vidfeat.storage.writer import create_store, write_shard
+
+
+def _video(video_id: str, rows: int = 4, dim: int = 8, seed: int = 0) -> VideoRecord:
+    data = np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
+    starts = np.arange(rows, dtype=np.float64)
+    return VideoRecord(video_id, {"duration": float(rows), "fingerprint": f"fp-{video_id}"},
+                       [FeatureRecord("x", "ok", data=data,
+                                      times=np.stack([starts, starts + 1], axis=1),
+                                      attrs={"config_hash": "cfg"})])
+
+
+def _indexed(store: Path, name: str, videos: list[VideoRecord]) -> str:
+    relpath = write_shard(store, name, videos, dtype="float32")
+    StoreIndex(store).add_shard(relpath)
+    return relpath
+
+
+def _leftovers(store: Path) -> list[str]:
+    return [p.name for p in store.rglob("*") if p.name.endswith(".tmp")]
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+def _unmount(mountpoint: Path) -> None:
+    gc.collect()  # index connections and HDF5 handles the test left to the garbage collector
+    if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB tmpfs: a disk that fills."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    try:
+        _mount("-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint))
+    except subprocess.CalledProcessError as error:
+        pytest.skip(f"cannot mount a tmpfs here: {error.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        _unmount(mountpoint)
+
+
+def _fill(directory: Path) -> Path:
+    """Write a ballast file until the disk is full."""
+    ballast = directory / "ballast"
+    with open(ballast, "wb", buffering=0) as file:
+        try:
+            while True:
+                file.write(b"\xff" * 4096)
+        except OSError:
+            pass
+    return ballast
+
+
+def test_a_full_disk_is_one_store_error_and_leaves_no_temporary_file(small_disk: Path):
+    store = create_store(small_disk / "store")
+    _indexed(store, "first", [_video("a")])
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\xff" * 600_000)  # what the user deletes to make room
+    shards_written = 0
+    with pytest.raises(StoreFullError) as caught:
+        for k in range(100):  # 256 KiB of incompressible rows per shard: the disk fills
+            _indexed(store, f"big{k}", [_video(f"big{k}", rows=128, dim=512, seed=k)])
+            shards_written += 1
+    message = str(caught.value)
+    assert "\n" not in message and str(store) in message and "disk full" in message
+    assert "No space left on device" in message
+    assert 2 <= shards_written < 8
+    assert _leftovers(small_disk) == []  # the temporary file of the failed write is gone
+    assert verify(store) == []
+    ballast.unlink()
+    _indexed(store, "after", [_video("after")])
+    assert verify(store) == []
+    assert len(open_store(store).videos()) == shards_written + 2
+
+
+def test_indexing_on_a_full_disk_rolls_back_and_says_why(small_disk: Path):
+    # a shard written while there was room, indexed once the disk is full: the transaction
+    # rolls back and the real cause surfaces (not "cannot rollback - no transaction is active")
+    store = create_store(small_disk / "store")
+    _indexed(store, "first", [_video("a")])
+    pending = write_shard(store, "many", [_video(f"m{k:03d}", 1, 1) for k in range(400)])
+    index = StoreIndex(store)
+    before = index.entries()
+    ballast = _fill(small_disk)
+    with pytest.raises(StoreFullError, match="database or disk is full|No space left") as caught:
+        index.add_shard(pending)
+    assert str(store) in str(caught.value) and "\n" not in str(caught.value)
+    assert index.entries() == before and pending not in index.shards()
+    with pytest.raises(StoreFullError):
+        write_shard(store, "more", [_video("more")])
+    assert _leftovers(small_disk) == []
+    index.close()
+
+    ballast.unlink()  # space freed: the next run indexes what was written, and goes on
+    assert StoreIndex(store).add_unindexed() == [pending]
+    assert verify(store) == []
+    _indexed(store, "after", [_video("after")])
+    assert verify(store) == [] and len(open_store(store).videos()) == 402
+
+
+def test_a_full_index_rolls_back_without_root(tmp_path: Path):
+    # SQLite's own size limit gives the same "database or disk is full" as a full disk
+    store = create_store(tmp_path / "store")
+    _indexed(store, "first", [_video("a")])
+    pending = write_shard(store, "many", [_video(f"m{k:03d}", 1, 1) for k in range(400)])
+    index = StoreIndex(store)
+    pages = index._db().execute("PRAGMA page_count").fetchone()[0]
+    index._db().execute(f"PRAGMA max_page_count = {pages + 1}")
+    with pytest.raises(StoreFullError, match="database or disk is full") as caught:
+        index.add_shard(pending)
+    assert str(store) in str(caught.value) and "\n" not in str(caught.value)
+    assert [e.video_id for e in index.entries()] == ["a"]
+    index.close()
+    assert StoreIndex(store).add_unindexed() == [pending]
+    assert verify(store) == []
+
+
+def _write_and_die(store: str) -> None:
+    """A writer that indexes a shard and dies without closing: its changes stay in the WAL."""
+    index = StoreIndex(store)
+    index.add_shard(write_shard(store, "late", [_video("late")]))
+    os._exit(0)
+
+
+@pytest.fixture
+def read_only_view(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(store, the same store through a read-only bind mount)."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    store = create_store(tmp_path / "store")
+    for k in range(3):
+        _indexed(store, f"s{k}", [_video(f"v{k}", seed=k)])
+    view = tmp_path / "view"
+    view.mkdir()
+    try:
+        _mount("--bind", str(store), str(view))
+    except subprocess.CalledProcessError as error:
+        pytest.skip(f"cannot bind-mount here: {error.stderr.decode().strip()}")
+    try:
+        _mount("-o", "remount,bind,ro", str(view))
+        yield store, view
+    finally:
+        _unmount(view)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vidfeat", *args], capture_output=True,
+                          text=True)
+
+
+def test_a_read_only_store_can_be_read_inspected_and_verified(read_only_view):
+    store, view = read_only_view
+    with pytest.raises(OSError):
+        (view / "probe").write_text("")  # really read-only
+    with open_store(view) as reader:
+        assert reader.videos() == ["v0", "v1", "v2"]
+        np.testing.assert_array_equal(reader.get("v1", "x"), open_store(store).get("v1", "x"))
+    assert "videos: 3" in summarize(view)
+    assert verify(view) == []
+    for command in (["inspect", str(view)], ["verify", str(view)]):
+        result = _cli(*command)
+        assert result.returncode == 0, result.stderr
+    with pytest.raises(StoreError):
+        StoreIndex(view, readonly=True).add_shard("shards/s0.h5")
+
+
+def test_a_read_only_store_with_an_unmerged_log_reads_every_shard(read_only_view):
+    store, view = read_only_view
+    process = multiprocessing.get_context("fork").Process(target=_write_and_die,
+                                                          args=(str(store),))
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
+    assert (store / "index.sqlite-wal").stat().st_size > 0
+    assert open_store(view).videos() == ["late", "v0", "v1", "v2"]
+    assert verify(view) == []
+
+
+def test_merged_index_rows_are_read_by_field_name(tmp_path: Path):
+    store = create_store(tmp_path / "store")
+    _indexed(store, "s", [_video("a"), _video("b", seed=1)])
+    merged = merge(store, tmp_path / "merged.h5")
+
+    def rewrite_index(change) -> None:
+        with h5py.File(merged, "r+") as h5:
+            index = json.loads(h5[MERGED_INDEX_DATASET][()].tobytes())
+            index["entries"] = [change(row) for row in index["entries"]]
+            del h5[MERGED_INDEX_DATASET]
+            h5[MERGED_INDEX_DATASET] = np.frombuffer(json.dumps(index).encode(), np.uint8)
+
+    with h5py.File(merged, "r") as h5:
+        rows = json.loads(h5[MERGED_INDEX_DATASET][()].tobytes())["entries"]
+    assert isinstance(rows[0], dict) and rows[0]["video_id"] == "a"
+    with open_store(merged) as reader:
+        expected = reader.get("b", "x")
+
+    # a newer vidfeat added a field: this one ignores it
+    rewrite_index(lambda row: {**row, "added_later": [1, 2]})
+    with open_store(merged) as reader:
+        assert reader.entries()[0].rows == 4
+    # an older vidfeat lacked a field this one has (with a default): it takes the default
+    rewrite_index(lambda row: {k: v for k, v in row.items() if k != "weights_sha256"})
+    with open_store(merged) as reader:
+        assert reader.entries()[0].weights_sha256 == ""
+        np.testing.assert_array_equal(reader.get("b", "x"), expected)
+    # vidfeat 0.1 wrote positional rows: still read
+    rewrite_index(lambda row: [row[k] for k in ("video_id", "feature", "shard", "status",
+                                                "reason", "config_hash", "rows", "dim",
+                                                "dtype", "random_weights")] + [""])
+    with open_store(merged) as reader:
+        assert reader.entries()[1].video_id == "b"
+    # a field without a default missing: one line naming it
+    rewrite_index(lambda row: {"video_id": row[0], "feature": row[1]})
+    with open_store(merged) as reader, pytest.raises(StoreError, match="lack shard, status"):
+        reader.videos()
+
+
+def test_extracting_again_replaces_rows_quietly_and_dropping_a_video_says_so(tmp_path: Path,
+                                                                           caplog):
+    store = create_store(tmp_path / "store")
+    _indexed(store, "same", [_video("a"), _video("b")])
+    with caplog.at_level(logging.WARNING, logger="vidfeat"):
+        _indexed(store, "same", [_video("a", seed=3), _video("b", seed=4)])
+    assert caplog.records == []  # a video extracted again is no news
+    with caplog.at_level(logging.WARNING, logger="vidfeat"):
+        _indexed(store, "same", [_video("a", seed=5)])
+    [record] = caplog.records
+    assert "written again without b/x" in record.getMessage()
+    assert "dropped" not in record.getMessage()
