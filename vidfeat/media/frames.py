@@ -1,29 +1,55 @@
-"""Video decoding with PyAV: each frame once, with its presentation time, converted on demand."""
+"""Video frames with presentation times from one of several decoder backends (``--decoder``).
+
+Each backend (``decode_pyav``, ``decode_decord``, ``decode_torchcodec``) yields ``Decoded``
+frames in presentation order, from the first frame at or after a start time (or from the
+keyframe before it) until it is closed. This module applies the window (start/stop with a
+tolerance, frame numbering), wraps frames as ``Frame`` and checks that the decode reached the
+end the container header promises, so every backend gives the same frames and the same errors.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
+from typing import Any, NamedTuple
 
-import av
 import numpy as np
 
-from vidfeat.errors import DecodeError
+from vidfeat.errors import ConfigError, DecodeError
 from vidfeat.media.probe import MediaInfo
+from vidfeat.media.timeline import video_end
+
+DECODERS = ("pyav", "decord", "torchcodec")
+DEFAULT_DECODER = "pyav"
+# times are PTS * time_base in float64: two routes to the same frame may differ in the last bits
+TIME_TOLERANCE = 1e-6
+_PACKAGES = {"pyav": "av", "decord": "decord", "torchcodec": "torchcodec"}
+
+
+class Decoded(NamedTuple):
+    """What a backend yields: ``image`` is an ``av.VideoFrame`` (converted lazily), an H x W x 3
+    uint8 array or tensor, and ``rotation`` the clockwise degrees still to apply to it."""
+
+    time: float
+    duration: float
+    image: Any
+    rotation: int
 
 
 class Frame:
     """One decoded frame. ``rgb`` is converted (and turned upright) only when first asked for,
     so frames that no extractor samples cost only their decode."""
 
-    __slots__ = ("index", "time", "duration", "_frame", "_rotation", "_rgb")
+    __slots__ = ("index", "time", "duration", "_image", "_rotation", "_rgb")
 
-    def __init__(self, index: int, time: float, duration: float, frame: av.VideoFrame,
-                 rotation: int) -> None:
+    def __init__(self, index: int, time: float, duration: float, image: Any,
+                 rotation: int = 0) -> None:
         self.index = index
         self.time = time
         self.duration = duration
-        self._frame = frame
+        self._image = image
         self._rotation = rotation
         self._rgb: np.ndarray | None = None
 
@@ -33,47 +59,121 @@ class Frame:
 
     @property
     def rgb(self) -> np.ndarray:
-        """H x W x 3 uint8, RGB, upright."""
+        """H x W x 3 uint8, RGB, upright, in host memory."""
         if self._rgb is None:
-            image = self._frame.to_ndarray(format="rgb24")
+            image = self._image
+            if hasattr(image, "to_ndarray"):  # av.VideoFrame
+                image = image.to_ndarray(format="rgb24")
+            elif hasattr(image, "cpu"):  # torch.Tensor, possibly on a GPU
+                image = image.cpu().numpy()
             if self._rotation:
                 image = np.ascontiguousarray(np.rot90(image, k=-self._rotation // 90))
             self._rgb = image
-            self._frame = None
+            self._image = None
         return self._rgb
 
+    @property
+    def tensor(self) -> Any:
+        """H x W x 3 uint8 ``torch.Tensor``, upright, on the device that decoded it (a GPU for
+        torchcodec with ``device="cuda"``, else the CPU, sharing memory with ``rgb``)."""
+        if self._rgb is None and hasattr(self._image, "cpu") and not self._rotation:
+            return self._image
+        import torch
 
-def iter_frames(info: MediaInfo) -> Iterator[Frame]:
-    """Decode every frame of the first video stream of ``info.path``, in presentation order.
+        return torch.from_numpy(self.rgb)
 
-    Times are seconds from the container start, read from each frame's PTS (right for variable
-    frame rate); a frame without PTS gets the previous time plus one nominal frame duration.
-    A decode error mid-file raises DecodeError naming the file and the frame it stopped at.
+
+def _backend(decoder: str) -> Any:
+    if decoder not in DECODERS:
+        raise ConfigError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
+    try:
+        importlib.import_module(_PACKAGES[decoder])
+    except ImportError as error:
+        raise ConfigError(
+            f"decoder {decoder!r} needs the {_PACKAGES[decoder]} package, which does not import "
+            f"({error}): pip install {_PACKAGES[decoder]} (or pip install 'vidfeat[decoders]')"
+        ) from error
+    return importlib.import_module(f"vidfeat.media.decode_{decoder}")
+
+
+def iter_frames(info: MediaInfo, *, decoder: str = DEFAULT_DECODER,
+                start_time: float | None = None, stop_time: float | None = None,
+                first_index: int = 0, threads: int | None = None,
+                device: str = "cpu") -> Iterator[Frame]:
+    """The frames of the first video stream of ``info.path`` in presentation order.
+
+    ``start_time``/``stop_time`` (seconds from the container start, as ``Frame.time``) keep the
+    frames with ``start_time <= time < stop_time`` (tolerance ``TIME_TOLERANCE``); the decoder
+    seeks to the keyframe at or before ``start_time``, so a video cut into windows gives exactly
+    the frames of an unsplit decode. The first frame kept is numbered ``first_index``.
+    ``threads``: decoder threads (None: the backend's choice, usually one per core).
+    ``device``: "cpu", or "cuda"/"cuda:N" for torchcodec (frames stay on the GPU: ``tensor``).
+
+    Raises DecodeError naming the file when the decode fails or ends before the time the
+    container header gives for the video's end (or before ``stop_time``), saying which frames
+    are missing; ConfigError for an unknown decoder or one whose package is not installed.
     """
-    path = Path(info.path)
+    backend = _backend(decoder)
+    if threads is not None and threads < 0:
+        raise ConfigError(f"decoder threads must be >= 0 (0: automatic), not {threads}")
+    lower = -np.inf if start_time is None else start_time - TIME_TOLERANCE
+    upper = np.inf if stop_time is None else stop_time - TIME_TOLERANCE
+    decoded = backend.decode(info, start_time=start_time, threads=threads, device=device)
     nominal = 1.0 / info.fps if info.fps > 0 else 1.0 / 25
+    index = first_index
+    reached = start_time or 0.0
     try:
-        container = av.open(str(path))
-    except av.FFmpegError as error:
-        raise DecodeError(f"{path}: cannot open: {error}") from error
-    index = 0
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        base = float(stream.time_base) if stream.time_base else 0.0
-        previous: float | None = None
-        for frame in container.decode(stream):
-            if frame.pts is not None and base:
-                time = frame.pts * base - info.start_time
-            else:
-                time = (previous + nominal) if previous is not None else 0.0
-            duration = frame.duration * base if frame.duration and base else nominal
-            previous = time
-            yield Frame(index, time, duration, frame, info.rotation)
-            index += 1
-    except av.FFmpegError as error:
-        raise DecodeError(f"{path}: decode failed after {index} frames: {error}") from error
-    finally:
-        container.close()
-    if index == 0:
-        raise DecodeError(f"{path}: no decodable video frames")
+        with closing(decoded):
+            for item in decoded:
+                if item.time < lower:
+                    continue
+                if item.time >= upper:
+                    return
+                duration = item.duration if item.duration > 0 else nominal
+                yield Frame(index, item.time, duration, item.image, item.rotation)
+                index += 1
+                reached = item.time + duration
+    except backend.ERRORS as error:
+        reason = str(error).strip().splitlines()
+        raise DecodeError(_shortfall(info, index - first_index, reached, start_time, stop_time,
+                                     reason[-1] if reason else type(error).__name__)) from error
+    if index == first_index and start_time is None:
+        raise DecodeError(f"{info.path}: no decodable video frames")
+    _check_reached(info, index - first_index, reached, start_time, stop_time)
+
+
+def _expected_end(info: MediaInfo) -> tuple[float, float]:
+    """The video's end from the header and how far short of it a complete decode may stop:
+    two frame intervals (rounding, a last frame without duration), half a second more when only
+    the container's duration is known and an audio stream may outlast the video."""
+    interval = 1.0 / info.fps if info.fps > 0 else 1.0 / 25
+    end = video_end(info.path)
+    if end is not None:
+        return end, 2 * interval
+    return info.duration, 2 * interval + (0.5 if info.has_audio else 0.0)
+
+
+def _target(info: MediaInfo, stop_time: float | None) -> tuple[float, float]:
+    end, slack = _expected_end(info)
+    return (end if stop_time is None else min(stop_time, end)), slack
+
+
+def _check_reached(info: MediaInfo, count: int, reached: float, start_time: float | None,
+                   stop_time: float | None) -> None:
+    target, slack = _target(info, stop_time)
+    if reached < target - slack:
+        raise DecodeError(_shortfall(info, count, reached, start_time, stop_time,
+                                     "the decoder returned no more frames"))
+
+
+def _shortfall(info: MediaInfo, count: int, reached: float, start_time: float | None,
+               stop_time: float | None, reason: str) -> str:
+    target, _ = _target(info, stop_time)
+    begin = start_time or 0.0
+    if start_time is None and stop_time is None and info.frame_count:
+        expected = f"{info.frame_count}"
+    else:
+        expected = f"~{max(round((target - begin) * info.fps), count)}"
+    return (f"{Path(info.path)}: decode stopped after {count} of {expected} frames "
+            f"(t={reached:.2f} s of {target:.2f} s); frames from {reached:.2f} s to "
+            f"{target:.2f} s are missing: {reason}")
