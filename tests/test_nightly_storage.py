@@ -1,5 +1,6 @@
 """The store under nightly conditions, on real file systems: a full disk (a 2 MiB tmpfs), a
-read-only bind mount, merged files from another vidfeat version, re-extraction messages."""
+read-only bind mount, merged files from another vidfeat version, re-extraction messages; run
+reports and the failure ledger; extract flags refused before a store is created."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.inspect import summarize
 from vidfeat.storage.merge import merge
 from vidfeat.storage.reader import MERGED_INDEX_DATASET, open_store
-from vidfeat.storage.schema import FeatureRecord, VideoRecord
+from vidfeat.storage.runs import RUNS_DIR, build_report, read_reports, write_report
+from vidfeat.storage.schema import FeatureRecord, Outcome, VideoRecord
 from vidfeat.storage.verify import verify
 from vidfeat.storage.writer import create_store, write_shard
 
@@ -261,3 +263,76 @@ def test_extracting_again_replaces_rows_quietly_and_dropping_a_video_says_so(tmp
     [record] = caplog.records
     assert "written again without b/x" in record.getMessage()
     assert "dropped" not in record.getMessage()
+
+
+def _outcomes() -> list[Outcome]:
+    return [
+        Outcome("a", "resnet152", "ok", rows=10, seconds=2.0, source_path="/c/a.mp4"),
+        Outcome("a", "vggish", "ok", rows=3, seconds=0.5, source_path="/c/a.mp4"),
+        Outcome("b", "resnet152", "failed", "decode failed after 38 frames",
+                source_path="/c/b.mp4"),
+        Outcome("b", "vggish", "failed", "/c/b.mp4: audio lost at 0.557-2.090 s",
+                source_path="/c/b.mp4"),
+        Outcome("c", "resnet152", "ok", rows=6, seconds=1.0, source_path="/c/c.mp4"),
+        Outcome("c", "vggish", "skipped", "no audio stream", source_path="/c/c.mp4"),
+        Outcome("d", "resnet152", "up_to_date"), Outcome("d", "vggish", "up_to_date"),
+        Outcome("e", "resnet152", "skipped", "no video stream"),
+        Outcome("e", "vggish", "up_to_date"),
+    ]
+
+
+def test_a_run_report_is_written_into_the_store_and_read_back(tmp_path: Path, capsys):
+    store = create_store(tmp_path / "store")
+    report = build_report(_outcomes(), started=1_800_000_000.0, ended=1_800_000_075.5,
+                          command=["vidfeat", "extract", "corpus", "--store", str(store)],
+                          configuration={"features": ["resnet152", "vggish"]}, exit_code=1)
+    path = write_report(store, report)
+    assert path.parent == store / RUNS_DIR and path.name.startswith("20270115T080000Z-")
+    content = json.loads(path.read_text())
+    assert content["format"] == "vidfeat-run" and content["seconds"] == 75.5
+    assert content["videos"] == {"total": 5, "done": 2, "up_to_date": 1, "skipped": 1,
+                                 "failed": 1}
+    assert content["features"] == {"ok": 3, "up_to_date": 3, "skipped": 2, "failed": 2}
+    assert content["throughput"]["resnet152"] == {"videos": 2, "rows": 16, "seconds": 3.0,
+                                                  "videos_per_s": 0.667, "rows_per_s": 5.333}
+    assert [f["video_id"] + "/" + f["feature"] for f in content["failures"]] == [
+        "b/resnet152", "b/vggish"]
+    assert content["failures"][1]["reason"].endswith("audio lost at 0.557-2.090 s")
+    [again] = read_reports(store)
+    assert again == report
+    assert _cli_in_process(capsys, "inspect", str(store), "--runs") == 0
+    [line] = capsys.readouterr().out.strip().splitlines()
+    assert line.split()[:4] == ["2027-01-15T08:00:00+0000", "1m16s", "exit", "1"]
+    assert "done 2, up to date 1, skipped 1, failed 1" in line and "vidfeat extract" in line
+
+
+def test_inspect_failures_lists_every_failed_feature_from_the_index(tmp_path: Path, capsys):
+    store = create_store(tmp_path / "store")
+    _indexed(store, "s1", [VideoRecord("bad", {"source_path": "/c/bad.mp4"}, [
+        FeatureRecord("resnet152", "failed", reason="decode failed after 38 frames"),
+        FeatureRecord("vggish", "skipped", reason="no audio stream")])])
+    _indexed(store, "s2", [_video("good")])
+    assert _cli_in_process(capsys, "inspect", str(store), "--failures") == 0
+    assert capsys.readouterr().out == "bad\tresnet152\tdecode failed after 38 frames\t/c/bad.mp4\n"
+    assert _cli_in_process(capsys, "inspect", str(store), "--failures", "--runs") == 0
+    assert capsys.readouterr().out.startswith("no runs recorded\n\nbad\tresnet152")
+
+
+def _cli_in_process(capsys, *args: str) -> int:
+    from vidfeat.cli import main
+
+    capsys.readouterr()
+    return main(list(args))
+
+
+@pytest.mark.parametrize("flags", [["--batch-size", "0"], ["--features", ","],
+                                   ["--features", " , "]])
+def test_bad_extract_flags_are_usage_errors_before_the_store_exists(tmp_path: Path, capsys,
+                                                                    flags: list[str]):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")
+    store = tmp_path / "store"
+    assert _cli_in_process(capsys, "extract", str(video), "--store", str(store), *flags) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("vidfeat: error: --")
+    assert not store.exists()

@@ -1,4 +1,4 @@
-"""A human-readable summary of a store, or of one video in it."""
+"""A human-readable summary of a store, or of one video in it; its failures; its runs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 
 from vidfeat.storage.index import FeatureEntry
 from vidfeat.storage.reader import FeatureStore, open_store
+from vidfeat.storage.runs import read_reports
 
 EXAMPLES_SHOWN = 3
 
@@ -93,3 +94,21 @@ def _video_details(store: FeatureStore, video_id: str) -> str:
 
 def _joined(values: object) -> str:
     return "/".join(sorted({str(v) for v in values}))
+
+
+def failures_listing(path: str | Path) -> str:
+    """Every video and feature whose latest extraction failed, with the reason and the file:
+    one tab-separated line each (``video_id feature reason source_path``), from the index."""
+    with open_store(path) as store:
+        lines = []
+        for entry in sorted(store.entries(), key=lambda e: (e.video_id, e.feature)):
+            if entry.status == "failed":
+                source = store.attrs(entry.video_id).get("source_path", "")
+                lines.append(f"{entry.video_id}\t{entry.feature}\t{entry.reason}\t{source}")
+    return "\n".join(lines) if lines else "no failures"
+
+
+def runs_listing(path: str | Path) -> str:
+    """One line per run recorded in the store, oldest first."""
+    reports = read_reports(path)
+    return "\n".join(report.line() for report in reports) if reports else "no runs recorded"
