@@ -42,12 +42,22 @@ def _extractor_options(values: list[str]) -> dict[str, dict]:
     return options
 
 
+def _check_extract_args(args: argparse.Namespace) -> list[str]:
+    """Flags that are wrong whatever the videos: refused before the store is created."""
+    features = [f.strip() for f in args.features.split(",") if f.strip()]
+    if not features:
+        raise ConfigError(f"--features names no extractor: {args.features!r}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    return features
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from vidfeat.jobs import ClusterSpec, open_client
     from vidfeat.pipeline.run import RunOptions, execute, prepare_run
 
     options = RunOptions(
-        features=[f.strip() for f in args.features.split(",") if f.strip()],
+        features=_check_extract_args(args),
         device=args.device,
         weights_dir=str(Path(args.weights_dir).resolve()) if args.weights_dir else None,
         random_weights=args.random_weights,
@@ -73,8 +83,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from vidfeat.storage.inspect import summarize
+    from vidfeat.storage.inspect import failures_listing, runs_listing, summarize
 
+    if args.failures or args.runs:
+        listings = ([runs_listing(args.store)] if args.runs else []) + (
+            [failures_listing(args.store)] if args.failures else [])
+        print("\n\n".join(listings))
+        return EXIT_OK
     if args.plot:
         from vidfeat.storage.plot import plot_video
 
@@ -222,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("store")
     inspect.add_argument("video_id", nargs="?")
     inspect.add_argument("--plot", metavar="OUT.png", help="self-similarity plot of VIDEO_ID")
+    inspect.add_argument("--failures", action="store_true",
+                         help="every failed video and feature with its reason (tab-separated)")
+    inspect.add_argument("--runs", action="store_true", help="one line per recorded run")
     inspect.set_defaults(run=cmd_inspect)
 
     verify = commands.add_parser("verify", help="check every shard and index row (exit 0/1)")
