@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +17,31 @@ VIDEO_EXTENSIONS = frozenset({
 })
 _SAMPLE = 1 << 20
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class VideoSource:
     video_id: str
     path: str  # absolute
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A path named or found as a video that cannot be read as one (a FIFO, a socket, a
+    device, a broken link): the run lists it as failed with ``reason`` and goes on."""
+
+    video_id: str
+    path: str  # absolute
+    reason: str
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """What ``scan`` found: the videos to extract, and the paths rejected with their reason."""
+
+    videos: list[VideoSource]
+    rejected: list[Rejected]
 
 
 def _from_list(list_file: Path) -> list[Path]:
@@ -45,19 +67,40 @@ def _expand(source: str) -> list[Path]:
 def _expand_path(path: Path) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.rglob("*")
-                      if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
-    if path.is_file():
-        return [path]
+                      if p.suffix.lower() in VIDEO_EXTENSIONS and not p.is_dir())
+    if path.exists() or path.is_symlink():
+        return [path]  # a FIFO, device or broken link named directly is rejected in scan()
     raise ConfigError(f"{path}: no such file or directory")
 
 
-def discover(sources: list[str], limit: int | None = None) -> list[VideoSource]:
+def not_a_video_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a video file, or None when it is a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"a broken symbolic link (to {os.readlink(path)})"
+        return "no such file"
+    except OSError as error:
+        return f"cannot be read: {error.strerror}"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket",
+             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISDIR: "a directory"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "a special file")
+    return f"not a regular file: {kind}"
+
+
+def scan(sources: list[str], limit: int | None = None) -> Corpus:
     """Videos named by ``sources`` (files, directories searched recursively for video
     extensions, ``@list.txt`` files), in the order given, each once, with ids = file names
-    without extension. Two different files with one id are a ConfigError naming both."""
+    without extension; paths that are no regular files are returned as rejected, with the
+    reason. ``limit`` counts both. Two different files with one id are a ConfigError naming
+    both; so is finding nothing at all."""
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
-    videos: list[VideoSource] = []
+    found: list[VideoSource | Rejected] = []
     by_id: dict[str, str] = {}
     for source in sources:
         for path in _expand(source):
@@ -71,10 +114,25 @@ def discover(sources: list[str], limit: int | None = None) -> list[VideoSource]:
                     f"{video_id!r}; rename one or extract them into different stores"
                 )
             by_id[video_id] = absolute
-            videos.append(VideoSource(video_id, absolute))
-    if not videos:
+            reason = not_a_video_file(path)
+            found.append(VideoSource(video_id, absolute) if reason is None
+                         else Rejected(video_id, os.path.abspath(path), reason))
+    if not found:
         raise ConfigError(f"no videos found in {' '.join(sources)}")
-    return videos[:limit] if limit else videos
+    found = found[:limit] if limit else found
+    return Corpus([f for f in found if isinstance(f, VideoSource)],
+                  [f for f in found if isinstance(f, Rejected)])
+
+
+def discover(sources: list[str], limit: int | None = None) -> list[VideoSource]:
+    """The videos of ``scan``; each rejected path is logged with its reason (``scan`` returns
+    them, for a run to record as failures)."""
+    corpus = scan(sources, limit)
+    for rejected in corpus.rejected:
+        log.warning("%s: %s; not extracted", rejected.path, rejected.reason)
+    if not corpus.videos:
+        raise ConfigError(f"no videos found in {' '.join(sources)}")
+    return corpus.videos
 
 
 def fingerprint(path: str | Path) -> str:
