@@ -125,3 +125,40 @@ def test_selftest_without_real_weights_says_what_it_skipped(capsys: pytest.Captu
     out = capsys.readouterr().out
     assert "vggish-audioset: missing, smoke test skipped" in out
     assert "c3d-sports1m: no published smoke test" in out
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    return checkpoints
+
+
+def test_weights_in_torch_hubs_cache_are_found_and_verified(torch_home: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    from vidfeat.extractors import weights
+
+    checkpoint = torch_home / "vggish_pca_params-970ea276.pth"
+    torch.save({"pca_eigen_vectors": torch.eye(128), "pca_means": torch.zeros(128)}, checkpoint)
+    assert weights.locate("vggish-pca-audioset") == checkpoint
+    # not the published file: found, and refused by its hash
+    assert weights.status("vggish-pca-audioset") == ("MISMATCH", checkpoint)
+    with pytest.raises(vidfeat.errors.WeightsError, match="does not match"):
+        weights.verify(weights.spec("vggish-pca-audioset"), checkpoint)
+    # a registry entry whose published hash this file has: used from torch's cache, verified
+    published = weights.WeightsSpec("pca-test", "", "https://example.org/" + checkpoint.name,
+                                    sha256_file(checkpoint)[:8], "test")
+    monkeypatch.setitem(weights.REGISTRY, published.name, published)
+    assert weights.status("pca-test") == ("verified", checkpoint)
+    assert main(["weights", "list"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("pca-test"))
+    assert "verified" in line and str(checkpoint) in line
+    # the vidfeat cache comes first
+    cached = weights.import_file("pca-test", checkpoint)
+    assert weights.locate("pca-test") == cached != checkpoint
+    # files without a published hash are never taken from torch's cache unverified
+    (torch_home / "c3d.pickle").write_bytes(b"anything")
+    with pytest.raises(vidfeat.errors.WeightsError, match="not found"):
+        weights.locate("c3d-sports1m")

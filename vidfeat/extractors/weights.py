@@ -1,6 +1,7 @@
 """Known weights files: where they come from, their hashes, the cache, and verified loading.
 
 Every file is verified by sha256 before each use (torch.hub only checks at download time).
+Files torch.hub downloaded (``$TORCH_HOME/hub/checkpoints``) are used in place, verified.
 Files with a published hash are checked against it: the full sha256 where known, otherwise
 the prefix torchvision puts in its file names. Files without a published hash (c3d.pickle, the
 ActivityNet PCA) are pinned: the sha256 seen at fetch/import is written beside the file and
@@ -112,11 +113,23 @@ def verify(spec_: WeightsSpec, path: Path) -> str:
     return actual
 
 
+def torch_hub_checkpoints() -> list[Path]:
+    """Where torch.hub keeps the weights it downloaded: ``$TORCH_HOME/hub/checkpoints``
+    (torch's default ``~/.cache/torch/hub/checkpoints``, searched too)."""
+    places = [Path(torch.hub.get_dir()) / "checkpoints"]
+    default = Path.home() / ".cache" / "torch" / "hub" / "checkpoints"
+    return places if default in places else [*places, default]
+
+
 def locate(name: str, weights_dir: Path | None = None) -> Path:
-    """Where the file of ``name`` is: ``weights_dir`` first, then the cache."""
+    """Where the file of ``name`` is: ``weights_dir`` first, then the cache, then torch.hub's
+    cache for files with a published hash (a torchvision user has them already; every use
+    verifies them, so only the published file can be used from there)."""
     spec_ = spec(name)
     places = [Path(weights_dir)] if weights_dir else []
     places.append(home())
+    if spec_.sha256:
+        places += torch_hub_checkpoints()
     for place in places:
         candidate = place / spec_.filename
         if candidate.is_file():
