@@ -42,44 +42,73 @@ def _extractor_options(values: list[str]) -> dict[str, dict]:
     return options
 
 
-def _check_extract_args(args: argparse.Namespace) -> list[str]:
-    """Flags that are wrong whatever the videos: refused before the store is created."""
+def _check_extract_args(args: argparse.Namespace) -> list[str] | None:
+    """Flags that are wrong whatever the videos: refused before the store is created.
+    The features given (None: not given, the job file's or the default ones)."""
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.features is None:
+        return None
     features = [f.strip() for f in args.features.split(",") if f.strip()]
     if not features:
         raise ConfigError(f"--features names no extractor: {args.features!r}")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     return features
 
 
-def cmd_extract(args: argparse.Namespace) -> int:
-    from vidfeat.jobs import ClusterSpec, open_client
-    from vidfeat.pipeline.run import RunOptions, execute, prepare_run
-
-    options = RunOptions(
-        features=_check_extract_args(args),
-        device=args.device,
+def _extract_flags(args: argparse.Namespace) -> dict:
+    """The flags given on the command line (None: not given, so a job file's value stands)."""
+    return dict(
+        sources=args.sources or None, store=args.store, features=_check_extract_args(args),
+        workers=args.workers, scheduler=args.scheduler, device=args.device,
         weights_dir=str(Path(args.weights_dir).resolve()) if args.weights_dir else None,
-        random_weights=args.random_weights,
+        random_weights=args.random_weights or None,
         weights_files={name: str(Path(path).resolve())
-                       for name, path in _pairs(args.weights, "--weights")},
-        extractor_options=_extractor_options(args.set), dtype=args.dtype,
+                       for name, path in _pairs(args.weights, "--weights")} or None,
+        extractor_options=_extractor_options(args.set) or None, dtype=args.dtype,
         batch_size=args.batch_size, precision=args.precision, decoder=args.decoder,
-        segment_seconds=args.segment_seconds, overwrite=args.overwrite, limit=args.limit,
-        progress=not args.no_progress,
+        segment_seconds=args.segment_seconds, overwrite=args.overwrite or None,
+        limit=args.limit, progress=False if args.no_progress else None,
     )
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    cluster = (ClusterSpec("address", address=args.scheduler) if args.scheduler
-               else ClusterSpec("local", workers=args.workers))
-    if options.random_weights:
+
+
+def _run_job(job) -> int:  # job: vidfeat.jobs.jobfile.Job, imported lazily
+    from vidfeat.jobs.submit import run_job
+
+    if job.run.get("random_weights"):
         print("WARNING: --random-weights: seeded random initialisation, NOT pretrained features",
               file=sys.stderr)
-    run = prepare_run(args.sources, args.store, options)
-    with open_client(cluster) as client:
-        report = execute(run, client)
+    report = run_job(job)
     print(report.summary())
     return report.exit_code
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from vidfeat.jobs.jobfile import Job, load_job
+
+    if args.config:
+        job = load_job(args.config)
+    elif not args.sources or not args.store:
+        raise ConfigError("extract needs SOURCE... and --store, or --config JOB.yaml")
+    else:
+        job = Job("command line", [], "")
+    return _run_job(job.with_flags(**_extract_flags(args)))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from vidfeat.jobs.jobfile import load_job
+    from vidfeat.jobs.submit import dry_run, submit_to_kubernetes
+
+    job = load_job(args.job).with_flags(scheduler=args.scheduler)
+    if args.dry_run:
+        print(dry_run(job))
+        return EXIT_OK
+    if job.cluster.kind == "kubernetes":
+        for created in submit_to_kubernetes(job):
+            print(f"created {created}")
+        return EXIT_OK
+    return _run_job(job)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -130,13 +159,69 @@ def _labels(path: str | None) -> dict[str, list[int]] | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vidfeat.storage.export import export_npy, export_paddle
+    from vidfeat.storage.export import export_hdf5, export_npy, export_paddle, export_per_video
 
-    if args.format == "npy":
-        count = export_npy(args.store, args.outdir)
+    features = [f.strip() for f in args.feature.split(",") if f.strip()] if args.feature else None
+    if args.layout == "per-video" and args.format != "npy":
+        raise ConfigError("--layout per-video is for --format npy")
+    if args.dataset_name and args.format != "hdf5":
+        raise ConfigError("--dataset-name is for --format hdf5")
+    if not features and (args.format == "hdf5" or args.layout == "per-video"):
+        raise ConfigError("--format hdf5 and --layout per-video need --feature, e.g. c3d")
+    if args.format == "hdf5":
+        count = export_hdf5(args.store, args.outdir, features, dataset_name=args.dataset_name)
+    elif args.layout == "per-video":
+        count = export_per_video(args.store, args.outdir, features)
+    elif args.format == "npy":
+        count = export_npy(args.store, args.outdir, features=features)
     else:
-        count = export_paddle(args.store, args.outdir, labels=_labels(args.labels))
-    print(f"exported {count} files to {args.outdir}")
+        image_audio = dict(zip(("image", "audio"), features or [], strict=False))
+        count = export_paddle(args.store, args.outdir, labels=_labels(args.labels), **image_audio)
+    print(f"exported {count} {'videos' if args.format == 'hdf5' else 'files'} to {args.outdir}")
+    return EXIT_OK
+
+
+def _train_options(args: argparse.Namespace):  # -> TrainOptions, imported lazily
+    from vidfeat.datasets.trainers import TrainOptions
+
+    return TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        device=args.device, seed=args.seed, val_fraction=args.val_fraction,
+                        workers=args.loader_workers, progress=not args.no_progress)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from vidfeat.datasets.trainers import CHECKPOINT, train
+
+    settings = {key: yaml.safe_load(raw) for key, raw in _pairs(args.set, "--set")}
+    try:
+        metrics = train(args.task, args.store, args.annotations, args.out,
+                        val_annotations=args.val_annotations, classes=args.classes,
+                        options=_train_options(args), settings=settings)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote {Path(args.out) / CHECKPOINT}, metrics.json and curves.png")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from vidfeat.datasets.trainers import evaluate
+
+    try:
+        metrics = evaluate(args.checkpoint, args.store, args.annotations, args.split,
+                           _train_options(args))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    text = json.dumps(metrics, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
     return EXIT_OK
 
 
@@ -203,14 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     extract = commands.add_parser("extract", help="extract features from videos into a store")
-    extract.add_argument("sources", nargs="+", metavar="SOURCE",
+    # defaults None: a flag not given leaves the job file's value (--config) or the default
+    extract.add_argument("sources", nargs="*", metavar="SOURCE",
                          help="video files, directories (searched recursively) or @list.txt")
-    extract.add_argument("--store", required=True, help="store directory (created if missing)")
-    extract.add_argument("--features", default="resnet152,c3d,vggish",
+    extract.add_argument("--config", metavar="JOB.yaml",
+                         help="a job file (see vidfeat submit); flags given override it")
+    extract.add_argument("--store", help="store directory (created if missing)")
+    extract.add_argument("--features",
                          help="comma-separated extractors (default resnet152,c3d,vggish)")
-    extract.add_argument("--workers", type=int, default=2, help="local worker processes")
+    extract.add_argument("--workers", type=int, help="local worker processes (default 2)")
     extract.add_argument("--scheduler", help="use a running Dask scheduler, tcp://HOST:PORT")
-    extract.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    extract.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     extract.add_argument("--weights-dir", help="look for weights files here before the cache")
     extract.add_argument("--random-weights", action="store_true",
                          help="seeded random init (smoke tests only; recorded in the store)")
@@ -219,11 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--set", action="append", default=[], metavar="EXTRACTOR.OPTION=VALUE",
                          help="extractor option, e.g. resnet152.fps=2 or c3d.layer=fc7")
     extract.add_argument("--limit", type=int, help="only the first N videos")
-    extract.add_argument("--dtype", default="float16", help="stored dtype: float16 or float32")
-    extract.add_argument("--batch-size", type=int, default=16, help="model inputs per batch")
-    extract.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    extract.add_argument("--dtype", help="stored dtype: float16 (default) or float32")
+    extract.add_argument("--batch-size", type=int, help="model inputs per batch (default 16)")
+    extract.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                          help="model precision (fp32: reference-exact; recorded per feature)")
-    extract.add_argument("--decoder", default="pyav", choices=["pyav", "decord", "torchcodec"],
+    extract.add_argument("--decoder", choices=["pyav", "decord", "torchcodec"],
                          help="video decoder backend (default pyav)")
     extract.add_argument("--segment-seconds", type=float,
                          help="media seconds per task; longer videos are split into segments "
@@ -232,6 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="extract again even what the store holds up to date")
     extract.add_argument("--no-progress", action="store_true", help="no progress bar")
     extract.set_defaults(run=cmd_extract)
+
+    submit = commands.add_parser("submit", help="run a job file on its cluster (local, a "
+                                                "scheduler, Slurm, PBS, Kubernetes)")
+    submit.add_argument("job", metavar="JOB.yaml")
+    submit.add_argument("--dry-run", action="store_true",
+                        help="print the plan and the job script / manifests; start nothing")
+    submit.add_argument("--scheduler", help="run on this Dask scheduler instead of the job "
+                                            "file's cluster, tcp://HOST:PORT")
+    submit.set_defaults(run=cmd_submit)
 
     inspect = commands.add_parser("inspect", help="summarise a store or one video")
     inspect.add_argument("store")
@@ -252,12 +349,54 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("out", metavar="OUT.h5")
     merge.set_defaults(run=cmd_merge)
 
-    export = commands.add_parser("export", help="export for other tools (npy, paddle)")
+    export = commands.add_parser("export", help="export for other tools (npy, paddle, hdf5)")
     export.add_argument("store")
-    export.add_argument("--format", choices=["npy", "paddle"], required=True)
-    export.add_argument("outdir", metavar="OUTDIR")
+    export.add_argument("--format", choices=["npy", "paddle", "hdf5"], required=True)
+    export.add_argument("outdir", metavar="OUTDIR", help="a directory (hdf5: the OUT.hdf5 file)")
     export.add_argument("--labels", help="paddle: file of VIDEO_ID LABEL,LABEL,... lines")
+    export.add_argument("--layout", choices=["video-features", "per-video"],
+                        default="video-features",
+                        help="npy: OUT/<feature>/<id>_<feature>.npy (video_features) or "
+                             "OUT/<id>.npy (video-caption.pytorch)")
+    export.add_argument("--feature", help="comma list of features; several are concatenated "
+                                          "onto the first one's rows (hdf5, per-video); paddle: "
+                                          "IMAGE,AUDIO")
+    export.add_argument("--dataset-name", help="hdf5: f[video_id][NAME] instead of f[video_id] "
+                                               "(2D-TAN ActivityNet: c3d_features)")
     export.set_defaults(run=cmd_export)
+
+    def training_flags(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--store", required=True, help="store directory or merged file")
+        command.add_argument("--annotations", required=True, help="annotation file")
+        command.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        command.add_argument("--batch-size", type=int, default=16)
+        command.add_argument("--seed", type=int, default=0)
+        command.add_argument("--loader-workers", type=int, default=0,
+                             help="DataLoader worker processes")
+        command.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    train = commands.add_parser("train", help="train a reference model on the store")
+    train.add_argument("task", choices=["captioning", "grounding", "tagging"])
+    training_flags(train)
+    train.add_argument("--out", required=True, help="directory for checkpoint, metrics, curves")
+    train.add_argument("--val-annotations", help="validation annotations (default: the "
+                                                 "file's own split, else a seeded split)")
+    train.add_argument("--classes", help="tagging: class list, one per line")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--lr", type=float, help="learning rate (default: the published one)")
+    train.add_argument("--val-fraction", type=float, default=0.2,
+                       help="videos held out when there is no validation split")
+    train.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                       help="model/dataset setting, e.g. hidden=256, frames=40, fuse=[c3d]")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="score a trained checkpoint")
+    evaluate.add_argument("checkpoint", metavar="CHECKPOINT")
+    training_flags(evaluate)
+    evaluate.add_argument("--split", choices=["val", "train", "all"], default="val",
+                          help="the checkpoint's validation or training videos, or all")
+    evaluate.add_argument("--out", help="also write the metrics JSON here")
+    evaluate.set_defaults(run=cmd_eval, epochs=0, lr=None, val_fraction=0.2)
 
     migrate = commands.add_parser("migrate", help="upgrade a store to the current schema")
     migrate.add_argument("store")
