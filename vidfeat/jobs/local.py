@@ -1,4 +1,5 @@
-"""A LocalCluster of worker processes on this machine."""
+"""A LocalCluster of worker processes on this machine: CPU workers, and one worker process per
+GPU (``CUDA_VISIBLE_DEVICES`` set to its GPU, Dask resource ``GPU=1``)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,19 @@ def _available_cores() -> int:
 
 
 @contextmanager
-def local_client(workers: int, threads_per_worker: int = 1) -> Iterator[Any]:
+def local_client(workers: int, threads_per_worker: int = 1, gpus: int = 0) -> Iterator[Any]:
+    """``workers`` CPU worker processes plus ``gpus`` GPU worker processes."""
     import dask
     from distributed import Client, LocalCluster
 
-    torch_threads = max(1, _available_cores() // (workers * threads_per_worker))
+    torch_threads = max(1, _available_cores() // (max(1, workers + gpus) * threads_per_worker))
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.update(worker_environment(torch_threads))
+    if gpus:
+        with _gpu_cluster(workers, threads_per_worker, gpus, environ) as cluster, \
+                Client(cluster) as client:
+            yield client
+        return
     # no dashboard: nobody watches it in a batch run, and a second run's port clash warns
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
             LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
@@ -34,3 +41,24 @@ def local_client(workers: int, threads_per_worker: int = 1) -> Iterator[Any]:
                          silence_logs=logging.ERROR) as cluster, \
             Client(cluster) as client:
         yield client
+
+
+@contextmanager
+def _gpu_cluster(workers: int, threads_per_worker: int, gpus: int, environ: dict[str, str]
+                 ) -> Iterator[Any]:
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    from vidfeat.jobs.gpu_pin import device_for, visible_devices
+
+    def worker(device: str, resources: dict[str, float] | None) -> dict[str, Any]:
+        return {"cls": Nanny, "options": {
+            "nthreads": threads_per_worker, "host": "127.0.0.1", "dashboard_address": None,
+            "resources": resources, "env": {**environ, "CUDA_VISIBLE_DEVICES": device}}}
+
+    # CPU workers see no GPU, so that nothing they run can take memory on one
+    specs = {f"cpu-{i}": worker("", None) for i in range(workers)}
+    visible = visible_devices()
+    specs |= {f"gpu-{i}": worker(device_for(i, visible), {"GPU": 1}) for i in range(gpus)}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    with SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.ERROR) as cluster:
+        yield cluster

@@ -1,12 +1,17 @@
 """Running an extraction on a cluster: prepare (validation, planning: nothing started on bad
-input), open the cluster, execute."""
+input), open the cluster, execute; or, for a dry run, say what would be done."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from vidfeat.jobs.cluster import ClusterSpec, open_client
+from vidfeat.jobs.jobfile import Job
 from vidfeat.pipeline.run import RunOptions, RunReport, execute, prepare_run
+
+#: videos listed one by one in a dry run's plan before "... and N more"
+PLAN_LISTED = 20
 
 
 def run_extract(sources: list[str], store: str | Path, options: RunOptions,
@@ -16,3 +21,77 @@ def run_extract(sources: list[str], store: str | Path, options: RunOptions,
     run = prepare_run(sources, store, options)
     with open_client(cluster or ClusterSpec()) as client:
         return execute(run, client)
+
+
+def run_job(job: Job) -> RunReport:
+    """Run a job on its cluster (not kubernetes: see ``submit_to_kubernetes``)."""
+    return run_extract(job.expanded_sources(), job.store, job.options(), job.cluster)
+
+
+def submit_to_kubernetes(job: Job) -> list[str]:
+    """Create the job's ConfigMap and DaskJob; the resources' kind/name."""
+    from vidfeat.jobs.kubernetes import create, render
+
+    return create(render(job.cluster, job.text))
+
+
+def dry_run(job: Job) -> str:
+    """The resolved plan (videos to do, already done) and, for a batch system, the job script
+    each worker job runs, for Kubernetes the manifests. Starts nothing; prepares the store
+    directory (created when missing) to compare the videos with it."""
+    cluster = job.cluster.resolved()
+    lines = [f"job: {job.origin}", f"cluster: {_describe_cluster(cluster)}",
+             f"store: {job.store}"]
+    options = job.options()
+    for name in options.features:
+        settings = options.extractor_options.get(name, {})
+        described = ", ".join(f"{key}={value}" for key, value in settings.items())
+        lines.append(f"feature: {name}" + (f" ({described})" if described else ""))
+    if options.model_resources:
+        lines.append("model tasks run only on workers declaring "
+                     + ", ".join(f"{k}={v:g}" for k, v in options.model_resources.items()))
+    if cluster.kind == "kubernetes":
+        lines.append("videos: listed by the job pod inside the cluster (the paths are the "
+                     "containers')")
+    else:
+        lines += _plan(job, options)
+    if cluster.kind in ("slurm", "pbs"):
+        from vidfeat.jobs.jobqueue import PLACEHOLDER_SCHEDULER, job_script
+
+        lines += ["", f"# job script of each worker job ({PLACEHOLDER_SCHEDULER} stands for "
+                      "the scheduler vidfeat submit starts)", job_script(cluster).rstrip()]
+    elif cluster.kind == "kubernetes":
+        import yaml
+
+        from vidfeat.jobs.kubernetes import render
+
+        manifests = render(cluster, job.text)
+        lines += ["", "# manifests (kubectl apply -f - creates the same)",
+                  yaml.safe_dump_all(manifests, sort_keys=False).rstrip()]
+    return "\n".join(lines)
+
+
+def _plan(job: Job, options: RunOptions) -> list[str]:
+    run = prepare_run(job.expanded_sources(), job.store, options)
+    report = run.report
+    failing = sorted(report.failed_videos)
+    lines = [f"videos: {report.videos} found, {len(run.todo)} to extract, "
+             f"{report.up_to_date} already up to date"
+             + (f", {len(failing)} failing before start" if failing else "")]
+    for video, names in run.todo[:PLAN_LISTED]:
+        lines.append(f"  to do: {video.video_id} {','.join(names)} ({video.path})")
+    if len(run.todo) > PLAN_LISTED:
+        lines.append(f"  ... and {len(run.todo) - PLAN_LISTED} more")
+    lines += [f"  cannot start: {o.video_id} {o.feature}: {o.reason}" for o in report.failed]
+    lines.append("tasks: cut on the workers after probing the videos (packs of short videos, "
+                 "segments of long ones)")
+    return lines
+
+
+def _describe_cluster(spec: ClusterSpec) -> str:
+    if spec.kind == "local":
+        return (f"local ({spec.workers} CPU worker processes, {spec.gpus} GPU worker processes, "
+                f"{spec.threads_per_worker} threads each)")
+    if spec.kind == "address":
+        return f"the Dask scheduler at {spec.address}"
+    return f"{spec.kind} {json.dumps(dict(spec.settings), sort_keys=True)}"

@@ -1,0 +1,131 @@
+"""Kubernetes through the dask-kubernetes operator: a ``DaskJob`` whose cluster (a scheduler
+and the worker pods) runs the job file, handed to the job's pod in a ``ConfigMap``.
+
+The driver runs inside the cluster (the job pod): the store's index is written by the driver,
+so it must mount the store like the workers do. ``vidfeat submit`` renders and creates the
+resources; ``--dry-run`` prints them. The job pod runs ``vidfeat submit JOB --scheduler
+$(DASK_SCHEDULER_ADDRESS)`` on the same job file: the operator sets that variable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vidfeat.jobs.cluster import ClusterError, ClusterSpec
+from vidfeat.jobs.worker_env import worker_environment
+
+JOB_DIRECTORY = "/etc/vidfeat"
+JOB_FILE_NAME = "job.yaml"
+_JOB_VOLUME = "vidfeat-job"
+
+
+def _volumes(settings: Mapping[str, Any]) -> tuple[list[dict], list[dict]]:
+    volumes, mounts = [], []
+    for volume in settings.get("volumes", []):
+        read_only = volume.get("read_only", False)
+        if "claim" in volume:
+            source = {"persistentVolumeClaim": {"claimName": volume["claim"],
+                                                "readOnly": read_only}}
+        else:
+            source = {"hostPath": {"path": volume["host_path"], "type": "Directory"}}
+        volumes.append({"name": volume["name"], **source})
+        mounts.append({"name": volume["name"], "mountPath": volume["mount_path"],
+                       "readOnly": read_only})
+    return volumes, mounts
+
+
+def _container_resources(settings: Mapping[str, Any]) -> dict[str, Any]:
+    amounts: dict[str, Any] = {}
+    if "cpu" in settings:
+        amounts["cpu"] = str(settings["cpu"])
+    if "memory" in settings:
+        amounts["memory"] = settings["memory"]
+    limits = dict(amounts)
+    if settings.get("gpus_per_worker"):
+        limits["nvidia.com/gpu"] = settings["gpus_per_worker"]
+    return {"requests": amounts, "limits": limits} if limits else {}
+
+
+def _torch_threads(settings: Mapping[str, Any]) -> int:
+    cpu = str(settings.get("cpu", ""))
+    cores = int(cpu[:-1]) // 1000 if cpu.endswith("m") else int(float(cpu or 1))
+    return max(1, cores // settings.get("threads_per_worker", 1))
+
+
+def _env(values: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"name": name, "value": value} for name, value in values.items()]
+
+
+def render(spec: ClusterSpec, job_text: str) -> list[dict[str, Any]]:
+    """The ``ConfigMap`` holding the job file and the ``DaskJob`` running it."""
+    from dask_kubernetes.operator.kubecluster.kubecluster import (
+        make_scheduler_spec,
+        make_worker_spec,
+    )
+
+    settings = spec.settings
+    name = settings.get("name", "vidfeat")
+    namespace = settings.get("namespace", "default")
+    image = settings["image"]
+    pull_policy = settings.get("image_pull_policy", "IfNotPresent")
+    volumes, mounts = _volumes(settings)
+    user_env = dict(settings.get("env", {}))
+
+    worker_command = ["dask", "worker", "--nworkers", "1",
+                      "--nthreads", str(settings.get("threads_per_worker", 1))]
+    if settings.get("gpus_per_worker"):
+        # one GPU per worker pod: the device plugin sets its CUDA_VISIBLE_DEVICES
+        worker_command += ["--resources", "GPU=1"]
+    worker = make_worker_spec(image=image, n_workers=settings.get("workers", 2),
+                              env=_env({**worker_environment(_torch_threads(settings)),
+                                        **user_env}),
+                              resources=_container_resources(settings),
+                              worker_command=worker_command)
+    worker_container = worker["spec"]["containers"][0]
+    worker_container.update(imagePullPolicy=pull_policy, volumeMounts=mounts)
+    worker["spec"]["volumes"] = volumes
+    scheduler = make_scheduler_spec(cluster_name=name, env=_env(user_env), image=image)
+    scheduler_container = scheduler["spec"]["containers"][0]
+    scheduler_container["imagePullPolicy"] = pull_policy
+    del scheduler_container["resources"]  # the scheduler is small: the namespace's defaults
+
+    job_pod = {
+        "restartPolicy": "Never",
+        "containers": [{
+            "name": "job", "image": image, "imagePullPolicy": pull_policy,
+            "args": ["vidfeat", "submit", f"{JOB_DIRECTORY}/{JOB_FILE_NAME}",
+                     "--scheduler", "$(DASK_SCHEDULER_ADDRESS)"],
+            "env": _env(user_env),
+            "volumeMounts": [*mounts, {"name": _JOB_VOLUME, "mountPath": JOB_DIRECTORY,
+                                       "readOnly": True}],
+        }],
+        "volumes": [*volumes, {"name": _JOB_VOLUME, "configMap": {"name": f"{name}-job"}}],
+    }
+    metadata = {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name":
+                                                                 "vidfeat"}}
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {**metadata, "name": f"{name}-job"},
+                  "data": {JOB_FILE_NAME: job_text}}
+    dask_job = {"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskJob", "metadata": metadata,
+                "spec": {"job": {"spec": job_pod},
+                         "cluster": {"spec": {"worker": worker, "scheduler": scheduler}}}}
+    return [config_map, dask_job]
+
+
+def create(manifests: list[dict[str, Any]]) -> list[str]:
+    """Create the resources in the cluster kubectl's configuration points at; their names."""
+    from kr8s.objects import object_from_spec
+
+    created = []
+    for manifest in manifests:
+        try:
+            resource = object_from_spec(manifest, allow_unknown_type=True)
+            resource.create()
+        except Exception as error:  # kr8s raises its own, httpx's and kubeconfig errors
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ClusterError(f"cannot create {manifest['kind']} "
+                               f"{manifest['metadata']['name']} in Kubernetes: "
+                               f"{type(error).__name__}: {reason}") from None
+        created.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
+    return created
