@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import ffmpeg, make_video
 from vidfeat.errors import ConfigError, DecodeError
-from vidfeat.media import DECODERS, frame_times, iter_frames, probe
+from vidfeat.media import DECODERS, check_decoder, frame_times, iter_frames, probe
 from vidfeat.media.tools import executable
 
 # Largest difference of one RGB value between backends: 0 measured here (all use swscale's
@@ -176,7 +176,11 @@ def test_a_truncated_mp4_is_an_error_with_pyav(tmp_path: Path) -> None:
 
 def test_an_unknown_decoder_is_a_one_line_config_error(videos: dict) -> None:
     with pytest.raises(ConfigError, match="unknown decoder 'opencv': choose one of pyav, decord"):
+        check_decoder("opencv")
+    with pytest.raises(ConfigError, match="unknown decoder 'opencv'"):
         next(iter_frames(probe(videos["cfr"]), decoder="opencv"))
+    for decoder in DECODERS:
+        check_decoder(decoder)
 
 
 def test_a_missing_backend_package_names_what_to_install(videos: dict) -> None:

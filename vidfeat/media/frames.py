@@ -83,6 +83,12 @@ class Frame:
         return torch.from_numpy(self.rgb)
 
 
+def check_decoder(decoder: str) -> None:
+    """Raise ConfigError unless ``decoder`` names a backend whose package imports (for the
+    driver, before any worker starts: ``iter_frames`` raises it only when first iterated)."""
+    _backend(decoder)
+
+
 def _backend(decoder: str) -> Any:
     if decoder not in DECODERS:
         raise ConfigError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
