@@ -152,6 +152,12 @@ class Extractor(ABC):
         segment whose first frame shows then (frames keep their whole-video indices)."""
         raise TypeError(f"{self.name} is not a visual extractor")
 
+    def audio_stream(self, start: float) -> Any:
+        """Audio extractors: a per-video object taking 16 kHz mono blocks (``push(block)``
+        returns ready items, ``finish()`` the rest, ``padded`` after it), ``start`` seconds being
+        the first sample's time."""
+        raise TypeError(f"{self.name} is not an audio extractor")
+
     def audio_items(self, waveform: np.ndarray, start: float) -> tuple[list[Item], bool]:
         """Audio extractors: items from a 16 kHz mono waveform starting at ``start`` seconds,
         and whether the audio was padded to give at least one item."""

@@ -42,8 +42,8 @@ from vidfeat.extractors.vggish_mel import (
 )
 from vidfeat.extractors.weights import LoadedWeights
 
-__all__ = ["PcaParams", "VGGish", "VGGishNet", "postprocess_embeddings", "random_pca_params",
-           "read_pca_params", "smoke_test"]
+__all__ = ["AudioExamples", "PcaParams", "VGGish", "VGGishNet", "postprocess_embeddings",
+           "random_pca_params", "read_pca_params", "smoke_test"]
 
 EMBEDDING_SIZE = 128
 PCA_WEIGHTS = "vggish-pca-audioset"
@@ -228,22 +228,63 @@ class VGGish(Extractor):
         return embeddings
 
     def audio_items(self, waveform: np.ndarray, start: float) -> tuple[list[Item], bool]:
-        samples = np.asarray(waveform)
-        if samples.ndim != 1:
-            raise ValueError(f"vggish expects mono audio (1-D), got shape {samples.shape}")
-        padded = False
-        if 0 < samples.size < EXAMPLE_SAMPLES and self.pad_short:
-            samples = np.pad(samples.astype(np.float64), (0, EXAMPLE_SAMPLES - samples.size))
-            padded = True
-        examples = frames_to_examples(log_mel_spectrogram(samples), self.hop_frames)
-        tensors = torch.from_numpy(examples).unsqueeze(1)
+        stream = self.audio_stream(start)
+        items = stream.push(np.asarray(waveform)) + stream.finish()
+        return items, stream.padded
+
+    def audio_stream(self, start: float) -> AudioExamples:
+        """Examples from audio handed over in blocks (memory flat in the audio's length)."""
+        return AudioExamples(self.hop_frames, start, self.pad_short)
+
+
+class AudioExamples:
+    """Cuts a stream of 16 kHz mono blocks into log-mel examples as soon as each is complete.
+
+    Example k covers samples ``[k * hop, k * hop + 15600)`` (hop = hop_frames * 160 samples):
+    each log-mel frame depends only on its own 400 samples and every example starts on a frame
+    boundary, so examples computed block by block equal those of the whole waveform.
+    """
+
+    def __init__(self, hop_frames: int, start: float, pad_short: bool) -> None:
+        self.hop_frames = hop_frames
+        self.hop_samples = hop_frames * STFT_HOP
+        self.start = start
+        self.pad_short = pad_short
+        self.padded = False
+        self._buffer = np.zeros(0, np.float32)
+        self._examples = 0
+        self._seen = 0
+
+    def push(self, block: np.ndarray) -> list[Item]:
+        if block.ndim != 1:
+            raise ValueError(f"vggish expects mono audio (1-D), got shape {block.shape}")
+        self._seen += block.size
+        self._buffer = np.concatenate([self._buffer, block]) if self._buffer.size else block
+        ready = (self._buffer.size - EXAMPLE_SAMPLES) // self.hop_samples + 1
+        if self._buffer.size < EXAMPLE_SAMPLES or ready < 1:
+            return []
+        used = (ready - 1) * self.hop_samples + EXAMPLE_SAMPLES
+        examples = frames_to_examples(log_mel_spectrogram(self._buffer[:used]), self.hop_frames)
+        self._buffer = self._buffer[ready * self.hop_samples:]
+        return self._items(examples)
+
+    def finish(self) -> list[Item]:
+        if self._examples or not self._seen or not self.pad_short:
+            return []
+        # shorter than one example: zero-padded at the end to one, and reported as padded
+        samples = np.pad(self._buffer.astype(np.float64), (0, EXAMPLE_SAMPLES - self._seen))
+        self.padded = True
+        return self._items(frames_to_examples(log_mel_spectrogram(samples), self.hop_frames))
+
+    def _items(self, examples: np.ndarray) -> list[Item]:
         example_seconds = EXAMPLE_FRAMES / FRAMES_PER_SECOND
         items = []
-        for index, tensor in enumerate(tensors):
+        for tensor in torch.from_numpy(examples).unsqueeze(1):
             # from the integer frame offset, so that an hour of hops does not accumulate error
-            offset = start + index * self.hop_frames / FRAMES_PER_SECOND
+            offset = self.start + self._examples * self.hop_frames / FRAMES_PER_SECOND
             items.append(Item(tensor, offset, offset + example_seconds))
-        return items, padded
+            self._examples += 1
+        return items
 
 
 # ---- the published smoke test (vggish_smoke_test.py) ---------------------------------------

@@ -25,7 +25,8 @@ import torch
 from vidfeat.errors import VidfeatError
 from vidfeat.extractors._api import Extractor, Item
 from vidfeat.extractors.pool import ExtractorPool
-from vidfeat.media import Frame, MediaInfo, iter_frames, load_audio
+from vidfeat.media import Frame, MediaInfo, iter_frames
+from vidfeat.media.audio import iter_audio
 from vidfeat.pipeline.corpus import fingerprint
 from vidfeat.pipeline.plan import Segment, WorkUnit
 from vidfeat.pipeline.records import failed_record, feature_attrs, reason_of
@@ -196,7 +197,11 @@ class Engine:
                                file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns)
             if not live:
                 return
-            if unit.kind == "visual":
+            if unit.kind == "visual" and not info.has_video:
+                for feature in live.values():
+                    feature.failure = failed_record(feature.extractor, "no video stream",
+                                                    "skipped")
+            elif unit.kind == "visual":
                 self._decode_visual(state, info, live, messages)
             else:
                 self._decode_audio(state, info, live, messages)
@@ -245,19 +250,20 @@ class Engine:
             for feature in live.values():
                 feature.failure = failed_record(feature.extractor, "no audio stream", "skipped")
             return
-        waveform = load_audio(info)
-        if not waveform.size:
+        streams = {name: f.extractor.audio_stream(info.audio_start) for name, f in live.items()}
+        samples = 0
+        for _, block in iter_audio(info):
+            samples += block.size
+            for name, stream in streams.items():
+                self._put(state, name, stream.push(block), math.inf, messages)
+        if not samples:
             for feature in live.values():
                 feature.failure = failed_record(feature.extractor,
                                                 "the audio stream has no samples", "skipped")
             return
-        for name, feature in live.items():
-            try:
-                items, feature.padded = feature.extractor.audio_items(waveform, info.audio_start)
-            except Exception as error:
-                feature.failure = failed_record(feature.extractor, reason_of(error))
-                continue
-            self._put(state, name, items, math.inf, messages)
+        for name, stream in streams.items():
+            self._put(state, name, stream.finish(), math.inf, messages)
+            live[name].padded = stream.padded
 
     @staticmethod
     def _put(state: _Unit, name: str, items: list[Item], stop: float,

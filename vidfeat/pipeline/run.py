@@ -23,6 +23,7 @@ from typing import Any
 from vidfeat.errors import ConfigError
 from vidfeat.extractors._api import check_precision, get_extractor
 from vidfeat.extractors.pool import ExtractorSpec, resolve_device
+from vidfeat.media import check_decoder
 from vidfeat.pipeline.corpus import VideoSource, discover, fingerprint
 from vidfeat.pipeline.engine import TaskReport, outcomes
 from vidfeat.pipeline.plan import Task, WorkUnit, pack, segments, task_seconds
@@ -32,7 +33,6 @@ from vidfeat.storage.schema import FeatureRecord, Outcome, VideoRecord
 from vidfeat.storage.writer import create_store, write_shard
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_BROKEN = 0, 1, 2, 3
-DECODERS = ("pyav", "decord", "torchcodec")
 #: videos probed per probe task: enough to amortise the task overhead
 PROBES_PER_TASK = 16
 
@@ -65,9 +65,7 @@ class RunOptions:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.dtype not in ("float16", "float32"):
             raise ConfigError(f"--dtype must be float16 or float32, got {self.dtype!r}")
-        if self.decoder not in DECODERS:
-            raise ConfigError(f"--decoder must be one of {', '.join(DECODERS)}, "
-                              f"got {self.decoder!r}")
+        check_decoder(self.decoder)
         if self.segment_seconds is not None and self.segment_seconds <= 0:
             raise ConfigError(f"segment seconds must be positive, got {self.segment_seconds}")
         check_precision(self.precision)
@@ -238,7 +236,7 @@ def _run_units(units: list[WorkUnit], store: str, plugin_name: str, options: Run
 
     state = worker_state(plugin_name)
     engine = Engine(state.pool, batch_size=options.batch_size, dtype=options.dtype,
-                    decoder=options.decoder)
+                    decoder=options.decoder, decoder_threads=state.torch_threads)
     return engine.run(units, store)
 
 
@@ -314,7 +312,7 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
             unit = WorkUnit(video, kind, features,  # type: ignore[arg-type]
                             _shard_name(video.video_id, kind, [run.hashes[n] for n in features]),
                             info)
-            if kind == "visual" and info.duration > 1.5 * seconds:
+            if kind == "visual" and info.has_video and info.duration > 1.5 * seconds:
                 long_videos.append(unit)
             else:
                 units.append(unit)

@@ -1,0 +1,144 @@
+"""The worker engine: a long video split into segments gives exactly the rows of an unsplit
+run, batches filled from several videos give the rows of one video at a time, and streamed
+audio gives the examples of the whole waveform. In-process (no Dask): the engine is what a
+worker runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ffmpeg, make_video
+
+from vidfeat.extractors.pool import ExtractorPool, ExtractorSpec
+from vidfeat.media import probe
+from vidfeat.media.timeline import frame_times
+from vidfeat.pipeline.corpus import VideoSource
+from vidfeat.pipeline.engine import Engine
+from vidfeat.pipeline.plan import WorkUnit, segments
+from vidfeat.pipeline.stitch import stitch
+from vidfeat.storage.reader import open_store
+from vidfeat.storage.writer import create_store
+
+CFR_SECONDS = 8
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("engine")
+    cfr = root / "cfr.mp4"
+    # keyframes every 10 frames: segment starts fall between keyframes
+    ffmpeg("-f", "lavfi", "-t", str(CFR_SECONDS), "-i", "testsrc2=size=96x72:rate=8",
+           "-f", "lavfi", "-t", str(CFR_SECONDS), "-i", "sine=frequency=440:sample_rate=44100",
+           "-c:v", "libx264", "-g", "10", "-pix_fmt", "yuv420p", "-c:a", "aac", str(cfr))
+    vfr = root / "vfr.mp4"
+    # two frames of every six kept for the first 5 s, then every frame: frame durations vary
+    ffmpeg("-f", "lavfi", "-t", "6", "-i", "testsrc2=size=96x72:rate=24",
+           "-vf", "select='lt(mod(n\\,6)\\,2)+gt(n\\,120)'", "-fps_mode", "passthrough",
+           "-c:v", "libx264", "-g", "12", "-pix_fmt", "yuv420p", str(vfr))
+    short = [make_video(root / f"short{i}.mp4", seconds=1.5 + i / 2, source=source)
+             for i, source in enumerate(["mandelbrot", "life", "smptebars"])]
+    return {"cfr": cfr, "vfr": vfr, **{p.stem: p for p in short}}
+
+
+def _pool(name: str, **options: object) -> ExtractorPool:
+    return ExtractorPool({name: ExtractorSpec(name, dict(options), random_weights=True)}, "cpu")
+
+
+def _unit(path: Path, name: str, kind: str = "visual", segment: object = None) -> WorkUnit:
+    return WorkUnit(VideoSource(path.stem, str(path)), kind, (name,),  # type: ignore[arg-type]
+                    f"xx/{path.stem}.{kind}", probe(path), segment)  # type: ignore[arg-type]
+
+
+def _rows(store: Path, video: str, feature: str) -> tuple[np.ndarray, np.ndarray]:
+    with open_store(store) as opened:
+        return opened.get(video, feature), opened.times(video, feature)
+
+
+@pytest.mark.parametrize(("video", "name", "options"), [
+    ("cfr", "resnet152", {"fps": 1.0}),
+    ("cfr", "resnet152", {"frames": 10}),
+    ("cfr", "c3d", {"stride": 16}),
+    ("cfr", "c3d", {"stride": 8}),
+    ("vfr", "resnet152", {"fps": 1.5}),
+    ("vfr", "c3d", {"stride": 8}),
+])
+def test_segments_stitch_into_the_unsplit_rows(videos: dict[str, Path], tmp_path: Path,
+                                               video: str, name: str,
+                                               options: dict[str, object]) -> None:
+    path = videos[video]
+    pool = _pool(name, **options)
+    store = create_store(tmp_path / "store")
+    whole = Engine(pool, batch_size=4, dtype="float32").run([_unit(path, name)], str(store))
+    (record,) = [r for r in _read_records(store, whole.shards[0])]
+    stride = int(options.get("stride", 1))
+    parts = segments(frame_times(path), 2.0, stride, 16 if name == "c3d" else 0)
+    assert len(parts) >= 3
+    units = [_unit(path, name, segment=segment) for segment in parts]
+    split = Engine(pool, batch_size=4, dtype="float32").run(units, str(store))
+    assert not split.shards and len(split.parts) == len(parts)
+    stitched = stitch(split.parts, {name: pool.get(name).modality})
+    (feature,) = stitched.features
+    assert feature.status == "ok", feature.reason
+    data, times = record
+    assert feature.data.shape == data.shape
+    np.testing.assert_allclose(feature.times, times, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(feature.data, data, rtol=1e-4, atol=1e-4 * np.abs(data).max())
+
+
+def _read_records(store: Path, shard: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    import h5py
+
+    with h5py.File(store / shard, "r") as handle:
+        videos = handle["videos"]
+        return [(group[f]["data"][()].astype(np.float32), group[f]["times"][()])
+                for group in videos.values() for f in group]
+
+
+def test_batches_across_videos_equal_one_video_at_a_time(videos: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    shorts = [videos[f"short{i}"] for i in range(3)]
+    pool = ExtractorPool({n: ExtractorSpec(n, {}, random_weights=True)
+                          for n in ("resnet152", "c3d")}, "cpu")
+    together = create_store(tmp_path / "together")
+    report = Engine(pool, batch_size=3, dtype="float32").run(
+        [WorkUnit(VideoSource(p.stem, str(p)), "visual", ("resnet152", "c3d"),
+                  f"xx/{p.stem}", probe(p)) for p in shorts], str(together))
+    assert len(report.shards) == 3
+    assert {o.status for o in report.outcomes} == {"ok"}
+    alone = create_store(tmp_path / "alone")
+    for path in shorts:
+        Engine(pool, batch_size=1, dtype="float32").run(
+            [WorkUnit(VideoSource(path.stem, str(path)), "visual", ("resnet152", "c3d"),
+                      f"xx/{path.stem}", probe(path))], str(alone))
+    for store in (together, alone):
+        from vidfeat.storage.index import StoreIndex
+
+        StoreIndex(store).add_unindexed()
+    for path in shorts:
+        for feature in ("resnet152", "c3d"):
+            data, times = _rows(together, path.stem, feature)
+            expected, expected_times = _rows(alone, path.stem, feature)
+            np.testing.assert_array_equal(times, expected_times)
+            np.testing.assert_allclose(data, expected, rtol=1e-4,
+                                       atol=1e-4 * np.abs(expected).max())
+
+
+def test_streamed_audio_gives_the_examples_of_the_whole_waveform(videos: dict[str, Path]
+                                                                 ) -> None:
+    from vidfeat.extractors.vggish import VGGish
+    from vidfeat.extractors.vggish_mel import waveform_to_examples
+    from vidfeat.media.audio import iter_audio, load_audio
+
+    info = probe(videos["cfr"])
+    vggish = VGGish()
+    stream = vggish.audio_stream(info.audio_start)
+    items = []
+    for _, block in iter_audio(info, block_samples=7001):  # blocks cut examples anywhere
+        items += stream.push(block)
+    items += stream.finish()
+    expected = waveform_to_examples(load_audio(info), vggish.hop_frames)
+    assert len(items) == len(expected) == 8
+    np.testing.assert_array_equal(np.stack([item.tensor[0].numpy() for item in items]), expected)
+    assert items[1].start == pytest.approx(info.audio_start + 0.96)
