@@ -128,6 +128,7 @@ def build(checkpoint: dict[str, Any]) -> S2VT:
     return S2VT(**checkpoint["model"])
 
 
+@torch.no_grad()
 def score(model: S2VT, data: CaptioningDataset, options: TrainOptions,
           device: torch.device) -> dict[str, float]:
     hypotheses, references = [], []

@@ -124,6 +124,7 @@ def dataset(store: Any, moments: list[Moment], vocab: Vocabulary, settings: dict
                             normalize=settings["normalize"], source=source)
 
 
+@torch.no_grad()
 def score(model: TAN2D, data: GroundingDataset, options: TrainOptions,
           device: torch.device) -> dict[str, float]:
     ranked, moments = [], []

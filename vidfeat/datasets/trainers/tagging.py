@@ -95,6 +95,7 @@ def dataset(store: Any, tagged: list[TaggedVideo], classes: list[str], settings:
                           audio=settings["audio"], source=source)
 
 
+@torch.no_grad()
 def score(model: AttentionLSTMTagger, data: TaggingDataset, options: TrainOptions,
           device: torch.device) -> dict[str, float]:
     scores, labels = [], []
