@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from vidfeat import __version__
 from vidfeat.errors import ConfigError, StoreError, VidfeatError, WeightsError
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_BROKEN = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
 
 
 def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
@@ -85,15 +87,32 @@ def _run_job(job) -> int:  # job: vidfeat.jobs.jobfile.Job, imported lazily
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    from vidfeat.jobs.cluster import open_client
     from vidfeat.jobs.jobfile import Job, load_job
+    from vidfeat.pipeline.run import run_extraction
 
+    if args.task_timeout is not None and args.task_timeout <= 0:
+        raise ConfigError(f"--task-timeout must be positive, got {args.task_timeout:g}")
+    if args.wait_lock is not None and args.wait_lock < 0:
+        raise ConfigError(f"--wait-lock must be at least 0, got {args.wait_lock:g}")
     if args.config:
         job = load_job(args.config)
     elif not args.sources or not args.store:
         raise ConfigError("extract needs SOURCE... and --store, or --config JOB.yaml")
     else:
         job = Job("command line", [], "")
-    return _run_job(job.with_flags(**_extract_flags(args)))
+    job = job.with_flags(**_extract_flags(args))
+    options = job.options()
+    if options.random_weights:
+        print("WARNING: --random-weights: seeded random initialisation, NOT pretrained features",
+              file=sys.stderr)
+    report = run_extraction(
+        job.expanded_sources(), job.store, options, lambda: open_client(job.cluster),
+        wait_lock=None if args.wait_lock == math.inf else args.wait_lock,
+        task_timeout=args.task_timeout, retry_failed=args.retry_failed,
+        configuration={"options": vars(options), "cluster": repr(job.cluster)})
+    print(report.summary())
+    return report.exit_code
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -319,6 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--overwrite", action="store_true",
                          help="extract again even what the store holds up to date")
     extract.add_argument("--no-progress", action="store_true", help="no progress bar")
+    extract.add_argument("--wait-lock", type=float, nargs="?", const=math.inf, default=0.0,
+                         metavar="SECONDS",
+                         help="wait for another run on the store to finish (SECONDS, or "
+                              "without a value as long as it takes) instead of refusing")
+    extract.add_argument("--task-timeout", type=float, metavar="SECONDS",
+                         help="abandon a task running longer (a hung decode): its videos are "
+                              "recorded as failed, its worker restarted, the run goes on")
+    extract.add_argument("--retry-failed", action="store_true",
+                         help="extract again only what the store lists as failed "
+                              "(vidfeat inspect STORE --failures)")
     extract.set_defaults(run=cmd_extract)
 
     submit = commands.add_parser("submit", help="run a job file on its cluster (local, a "
@@ -427,6 +456,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as error:
         print(f"vidfeat: error: {error.args[0] if error.args else error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("vidfeat: stopped at once (Ctrl-C); rerun the same command to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # a broken run is one line and exit 3; -v shows where
+        if args.verbose:
+            logging.exception("unexpected error")
+        text = str(error).strip().splitlines()
+        print(f"vidfeat: error: {type(error).__name__}: {text[0] if text else ''}".rstrip(": "),
+              file=sys.stderr)
+        return EXIT_BROKEN
 
 
 if __name__ == "__main__":

@@ -7,32 +7,49 @@ stitch split videos, index the shards, report.
 Exit codes (see README): 0 every requested feature is in the store (a video without audio has
 its vggish recorded as skipped), 1 some videos or features failed (each with its reason in the
 store and the report), 2 bad usage or configuration (nothing was extracted), 3 the run itself
-broke (cluster unreachable, store unwritable).
+broke (cluster unreachable, store unwritable or full, store locked by another run), 130 the
+run was interrupted (Ctrl-C) after indexing what finished.
+
+``run_extraction`` is the whole nightly run around those two: the store's run lock, the run
+report in ``DIR/runs/``, Ctrl-C, per-task timeouts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
+import signal
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vidfeat.errors import ConfigError
+from vidfeat.errors import ConfigError, StoreFullError
 from vidfeat.extractors._api import check_precision, get_extractor
 from vidfeat.extractors.pool import ExtractorSpec, resolve_device
 from vidfeat.media import check_decoder
-from vidfeat.pipeline.corpus import VideoSource, discover, fingerprint
+from vidfeat.pipeline.corpus import Rejected, VideoSource, fingerprint, scan
 from vidfeat.pipeline.engine import TaskReport, outcomes
 from vidfeat.pipeline.plan import Task, WorkUnit, pack, segments, task_seconds
 from vidfeat.pipeline.worker import extractor_plugin
 from vidfeat.storage.index import StoreIndex
-from vidfeat.storage.schema import FeatureRecord, Outcome, VideoRecord
-from vidfeat.storage.writer import create_store, write_shard
+from vidfeat.storage.lock import StoreLock
+from vidfeat.storage.runs import build_report, write_report
+from vidfeat.storage.schema import SHARD_DIR, FeatureRecord, Outcome, VideoRecord
+from vidfeat.storage.writer import TEMP_SUFFIX, create_store, write_shard
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_BROKEN = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+#: how often the driver looks at Ctrl-C and at tasks running past --task-timeout
+POLL_S = 0.5
+RESUME_HINT = "rerun the same command to resume"
+
+log = logging.getLogger(__name__)
 #: videos probed per probe task: enough to amortise the task overhead
 PROBES_PER_TASK = 16
 
@@ -79,6 +96,8 @@ class RunReport:
     frames: int = 0
     seconds: float = 0.0
     random_weights: bool = False
+    #: Ctrl-C stopped the run: what finished is indexed, the rest is done by a rerun
+    interrupted: bool = False
 
     def add(self, outcomes: list[Outcome], frames: int = 0) -> None:
         self.outcomes += outcomes
@@ -99,6 +118,8 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
         return EXIT_FAILURES if self.failed else EXIT_OK
 
     def summary(self) -> str:
@@ -117,6 +138,8 @@ class RunReport:
         lines += [f"  FAILED {o.video_id} {o.feature}: {o.reason}" for o in self.failed]
         if self.random_weights:
             lines.append("WARNING: RANDOM WEIGHTS were used: these are not real features")
+        if self.interrupted:
+            lines.append(f"interrupted: what finished is stored; {RESUME_HINT}")
         return "\n".join(lines)
 
 
@@ -130,6 +153,15 @@ class PreparedRun:
     hashes: dict[str, str]
     todo: list[tuple[VideoSource, list[str]]]
     report: RunReport
+    #: paths that are no regular files: recorded as failed by ``execute``
+    rejected: list[Rejected] = field(default_factory=list)
+    lock: StoreLock | None = None
+
+    def release(self) -> None:
+        """Give back the store's run lock (when ``prepare_run`` took it)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def _specs(options: RunOptions) -> dict[str, ExtractorSpec]:
@@ -178,23 +210,46 @@ def _features_to_extract(video: VideoSource, index: StoreIndex, hashes: dict[str
             or present[name].config_hash != config_hash]
 
 
-def prepare_run(sources: list[str], store: str | Path, options: RunOptions) -> PreparedRun:
-    """Validate everything and decide what each video needs; creates the store."""
+def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
+                lock: bool = False, wait_lock: float | None = 0.0,
+                retry_failed: bool = False) -> PreparedRun:
+    """Validate everything and decide what each video needs; creates the store.
+
+    ``lock``: take the store's run lock (``wait_lock`` seconds to wait for another run, None:
+    forever) before reading the index; the caller releases it (``PreparedRun.release``).
+    ``retry_failed``: only the features the index records as failed for these videos."""
     options.check()
-    videos = discover(sources, options.limit)
+    corpus = scan(sources, options.limit)
+    videos = corpus.videos
     specs = _specs(options)
     if options.device != "auto":
         resolve_device(options.device)  # refuse --device cuda on a machine without one now
     hashes = {name: s.describe().config_hash() for name, s in specs.items()}
     store = create_store(store)
-    index = StoreIndex(store)
-    index.add_unindexed()  # a killed driver's finished work is not done again
-    report = RunReport(videos=len(videos), random_weights=options.random_weights)
+    held = StoreLock(store, wait=wait_lock) if lock else None
+    if held is not None:
+        held.acquire()
+    try:
+        _remove_temporary_files(store)  # a killed worker's; the lock says no writer is left
+        index = StoreIndex(store)
+        index.add_unindexed()  # a killed driver's finished work is not done again
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+    report = RunReport(videos=len(videos) + len(corpus.rejected),
+                       random_weights=options.random_weights)
     todo = []
     for video in videos:
         try:
-            names = list(hashes) if options.overwrite else _features_to_extract(
-                video, index, hashes)
+            if retry_failed:
+                names = _failed_features(video, index, hashes)
+                if not names:
+                    report.videos -= 1  # not listed as failed: not part of this run
+                    continue
+            else:
+                names = list(hashes) if options.overwrite else _features_to_extract(
+                    video, index, hashes)
         except ConfigError as error:
             report.add([Outcome(video.video_id, name, "failed", str(error),
                                 source_path=video.path) for name in hashes])
@@ -205,7 +260,18 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions) -> P
             report.up_to_date += 1
             report.add([Outcome(video.video_id, name, "up_to_date", source_path=video.path)
                         for name in hashes])
-    return PreparedRun(store, options, specs, hashes, todo, report)
+    return PreparedRun(store, options, specs, hashes, todo, report, corpus.rejected, held)
+
+
+def _failed_features(video: VideoSource, index: StoreIndex, hashes: dict[str, str]
+                     ) -> list[str]:
+    present = index.video_features(video.video_id)
+    return [name for name in hashes if name in present and present[name].status == "failed"]
+
+
+def _remove_temporary_files(store: Path) -> None:
+    for temp in (store / SHARD_DIR).rglob(f"*{TEMP_SUFFIX}"):
+        temp.unlink(missing_ok=True)
 
 
 # ---- tasks run on workers ------------------------------------------------------------------
@@ -249,11 +315,18 @@ def _stitch(reports: list[TaskReport], modality: dict[str, str], store: str, dty
 
 
 # ---- the driver ----------------------------------------------------------------------------
-def execute(run: PreparedRun, client: Any) -> RunReport:
-    """Extract ``run.todo`` on ``client``'s workers; every outcome lands in the report."""
+def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = None,
+            task_timeout: float | None = None) -> RunReport:
+    """Extract ``run.todo`` on ``client``'s workers; every outcome lands in the report.
+
+    ``stop`` set (Ctrl-C): nothing more is submitted, the tasks in flight finish and are
+    indexed. ``task_timeout``: a task running longer is abandoned (its worker restarted) and
+    its videos recorded as failed. A full disk (StoreFullError) stops the run the same way,
+    then leaves the index matching the shards on disk, and is raised."""
     from tqdm import tqdm
 
     report = run.report
+    stop = stop or threading.Event()
     started = time.perf_counter()
     index = StoreIndex(run.store)
     plugin_name = "vidfeat-" + hashlib.sha256(
@@ -265,24 +338,151 @@ def execute(run: PreparedRun, client: Any) -> RunReport:
     slots = max(1, sum(slots_by_host.values()))
     client.register_plugin(extractor_plugin(plugin_name, run.specs, run.options.device,
                                             slots_by_host))
+    full: StoreFullError | None = None
     try:
+        for rejected in run.rejected:
+            video = VideoSource(rejected.video_id, rejected.path)
+            shard, failures = _failure(video, list(run.specs), rejected.reason, run)
+            index.add_shard(shard)
+            report.add(failures)
         with tqdm(total=len(run.todo), unit="video", disable=not run.options.progress,
                   smoothing=0) as bar:
             tasks = _plan(run, client, slots, index, report, bar)
-            for result in _run_tasks(client, run, tasks, plugin_name):
-                for shard in result.shards:
-                    index.add_shard(shard)
+            for result in _run_tasks(client, run, tasks, plugin_name, stop, task_timeout):
+                if isinstance(result, StoreFullError):
+                    full, _ = full or result, stop.set()
+                    continue
+                if full is None:
+                    try:
+                        for shard in result.shards:
+                            index.add_shard(shard)
+                    except StoreFullError as error:
+                        full, _ = error, stop.set()
                 report.add(result.outcomes, result.frames)
                 finished = {o.video_id for o in result.outcomes}
                 bar.update(len(finished))
                 elapsed = time.perf_counter() - started
                 bar.set_postfix(failed=len(report.failed_videos),
                                 fps=f"{report.frames / max(elapsed, 1e-9):.1f}", refresh=False)
+    except StoreFullError as error:
+        full = error
     finally:
         # a shared scheduler's workers must not keep this run's models in memory
-        client.unregister_worker_plugin(plugin_name)
+        with contextlib.suppress(Exception):
+            client.unregister_worker_plugin(plugin_name)
     report.seconds = time.perf_counter() - started
+    report.interrupted = stop.is_set() and full is None
+    if full is not None:
+        _settle_after_full_disk(index)
+        raise full
     return report
+
+
+def _settle_after_full_disk(index: StoreIndex) -> None:
+    """Index the shards written before the disk filled up; those the full disk does not let
+    the index take are removed (the rerun extracts them again), so the store verifies."""
+    try:
+        index.add_unindexed()
+    except StoreFullError:
+        for relpath in sorted(set(index.shard_files()) - set(index.shards())):
+            (index.directory / relpath).unlink(missing_ok=True)
+            log.debug("removed %s: written, but the full disk kept it out of the index",
+                      relpath)
+
+
+def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
+                   open_cluster: Callable[[], contextlib.AbstractContextManager[Any]], *,
+                   wait_lock: float | None = 0.0, task_timeout: float | None = None,
+                   retry_failed: bool = False, allowed_failures: int = 2,
+                   configuration: dict[str, Any] | None = None) -> RunReport:
+    """A whole run under the store's run lock: prepare, open the cluster, execute, with the
+    run report written into the store at the start and replaced at the end (also when the
+    run breaks). The first Ctrl-C stops submitting and lets the tasks in flight finish (the
+    report says ``interrupted``); a second one stops at once (KeyboardInterrupt).
+    ``allowed_failures``: deaths of a worker running a task before the task is recorded as
+    failed (a video that kills its worker, out of memory say)."""
+    import dask
+    import distributed  # noqa: F401  (its config defaults, which dask.config.set extends)
+
+    started = time.time()
+    run = prepare_run(sources, store, options, lock=True, wait_lock=wait_lock,
+                      retry_failed=retry_failed)
+    configuration = configuration or {}
+
+    def record(exit_code: int | None, interrupted: bool = False) -> None:
+        write_report(run.store, build_report(
+            run.report.outcomes, started=started, ended=time.time(), command=sys.argv,
+            configuration=configuration, exit_code=exit_code, interrupted=interrupted))
+
+    stop = threading.Event()
+    try:
+        record(None)
+        with _first_interrupt_stops(stop) as spawning, contextlib.ExitStack() as stack:
+            with spawning(), dask.config.set(
+                    {"distributed.scheduler.allowed-failures": allowed_failures}):
+                client = stack.enter_context(open_cluster())
+            client.register_plugin(_ignore_interrupts_plugin(), name="vidfeat-ignore-interrupts")
+            report = execute(run, client, stop=stop, task_timeout=task_timeout)
+        if report.interrupted:
+            StoreIndex(run.store).add_unindexed()  # a task finishing as the cluster closed
+        record(report.exit_code, report.interrupted)
+        return report
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            StoreIndex(run.store).add_unindexed()
+            record(EXIT_INTERRUPTED, interrupted=True)
+        raise
+    except BaseException:
+        with contextlib.suppress(Exception):  # a full disk may refuse the report too
+            record(EXIT_BROKEN)
+        raise
+    finally:
+        run.release()
+
+
+@contextlib.contextmanager
+def _first_interrupt_stops(stop: threading.Event) -> Iterator[Callable[[], Any]]:
+    """While inside: the first SIGINT sets ``stop``, the second raises KeyboardInterrupt.
+    Yields a context manager to wrap the cluster's start in: worker processes started inside
+    it ignore SIGINT (inherited), so a terminal's Ctrl-C, sent to the whole process group,
+    reaches only the driver, which decides."""
+    if threading.current_thread() is not threading.main_thread():
+        yield contextlib.nullcontext
+        return
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"\nvidfeat: interrupted: finishing the tasks in flight (Ctrl-C again to stop "
+              f"at once); {RESUME_HINT}", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def ignoring() -> Iterator[None]:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, on_interrupt)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield ignoring
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ignore_interrupts_plugin() -> object:
+    from distributed import WorkerPlugin
+
+    class IgnoreInterrupts(WorkerPlugin):
+        """Workers restarted during the run (after a crash, a timeout) ignore SIGINT too."""
+
+        def setup(self, worker: object) -> None:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreInterrupts()
 
 
 def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: RunReport,
@@ -357,11 +557,14 @@ def _failure(video: VideoSource, names: list[str], reason: str, run: PreparedRun
 
 
 def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]],
-               plugin_name: str) -> Iterator[TaskReport]:
+               plugin_name: str, stop: threading.Event, task_timeout: float | None = None
+               ) -> Iterator[TaskReport | StoreFullError]:
     """Run ``tasks`` with about two per worker thread in flight (a new one is submitted as
     each finishes); a long video's segments are stitched once all are done. A task that dies
-    (worker killed, crash) still yields a report and leaves its failures in the store."""
-    from distributed import as_completed
+    (worker killed, crash) or times out still yields a report and leaves its failures in the
+    store; one that met a full disk yields its StoreFullError. Once ``stop`` is set nothing
+    more is submitted and the tasks in flight are waited for."""
+    from distributed import wait
 
     store = str(run.store)
     modality = {name: get_extractor(name).modality for name in run.specs}
@@ -370,7 +573,7 @@ def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]]
     segments_done: dict[str, list[Any]] = {}  # shard name -> finished segment futures
     broken: set[str] = set()
     stitches: set[Any] = set()
-    completed = as_completed()
+    watch = _TaskWatch(client, task_timeout)
 
     def submit(units: list[WorkUnit]) -> None:
         key = f"vidfeat-{units[0].video.video_id}-{time.time_ns()}"
@@ -378,39 +581,87 @@ def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]]
                                pure=False, key=key,
                                resources=run.options.model_resources or None)
         in_flight[future] = units
-        completed.add(future)
 
     def submit_next() -> None:
-        if queue:
+        if queue and not stop.is_set():
             task = queue.pop()
             submit(task.units if isinstance(task, Task) else task)
 
     for _ in range(min(max(2, 2 * sum(client.nthreads().values())), len(queue))):
         submit_next()
-    for future in completed:
-        units = in_flight.pop(future)
-        segment = units[0].segment if len(units) == 1 else None
-        if future.status == "error":
-            error = future.exception()
-            reason = f"task died: {type(error).__name__}: {error}".splitlines()[0]
-            yield _died(units, reason, run, broken)
-        elif segment is not None and future not in stitches:
-            name = units[0].shard_name
-            if name not in broken:
-                done = segments_done.setdefault(name, [])
-                done.append(future)
-                if len(done) == segment.count:
-                    del segments_done[name]
-                    stitched = client.submit(_stitch, done, modality, store, run.options.dtype,
-                                             pure=False, key=f"vidfeat-stitch-{time.time_ns()}")
-                    stitches.add(stitched)
-                    in_flight[stitched] = units
-                    completed.add(stitched)
-                    continue  # the stitch takes this slot
-        else:
-            stitches.discard(future)
-            yield future.result()
-        submit_next()
+    while in_flight:
+        try:
+            done = wait(list(in_flight), timeout=POLL_S, return_when="FIRST_COMPLETED").done
+        except TimeoutError:
+            done = set()
+        for future in watch.expired(in_flight, done):
+            units = in_flight.pop(future)
+            yield _died_or_full(units, f"timed out after {task_timeout:g} s", run, broken)
+            submit_next()
+        for future in done:
+            units = in_flight.pop(future)
+            segment = units[0].segment if len(units) == 1 else None
+            error = future.exception() if future.status == "error" else None
+            if isinstance(error, StoreFullError):
+                yield error
+            elif error is not None:
+                reason = f"task died: {type(error).__name__}: {error}".splitlines()[0]
+                yield _died_or_full(units, reason, run, broken)
+            elif segment is not None and future not in stitches:
+                name = units[0].shard_name
+                if name not in broken:
+                    finished = segments_done.setdefault(name, [])
+                    finished.append(future)
+                    if len(finished) == segment.count and not stop.is_set():
+                        del segments_done[name]
+                        stitched = client.submit(_stitch, finished, modality, store,
+                                                 run.options.dtype, pure=False,
+                                                 key=f"vidfeat-stitch-{time.time_ns()}")
+                        stitches.add(stitched)
+                        in_flight[stitched] = units
+                        continue  # the stitch takes this slot
+            else:
+                stitches.discard(future)
+                yield future.result()
+            submit_next()
+
+
+class _TaskWatch:
+    """Which tasks have run longer than ``timeout`` on a worker (time in the scheduler's
+    queue excluded); those are cancelled and their worker restarted, since a thread stuck in a
+    decode cannot be stopped any other way."""
+
+    def __init__(self, client: Any, timeout: float | None) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.running_since: dict[str, tuple[float, str]] = {}  # key -> (start, worker)
+
+    def expired(self, in_flight: dict[Any, list[WorkUnit]], done: set[Any]) -> list[Any]:
+        if not self.timeout:
+            return []
+        now = time.monotonic()
+        for worker, keys in self.client.processing().items():
+            for key in keys:
+                self.running_since.setdefault(str(key), (now, worker))
+        expired = [future for future in in_flight if future not in done
+                   and now - self.running_since.get(future.key, (now, ""))[0] > self.timeout]
+        stuck_workers = {self.running_since[future.key][1] for future in expired}
+        if expired:
+            self.client.cancel(expired, force=True)
+            try:
+                self.client.restart_workers(sorted(stuck_workers), timeout=30)
+            except Exception as error:  # the scheduler drops it when it stops answering
+                log.warning("could not restart the stuck worker(s) %s: %s",
+                            sorted(stuck_workers), error)
+        return expired
+
+
+def _died_or_full(units: list[WorkUnit], reason: str, run: PreparedRun, broken: set[str]
+                  ) -> TaskReport | StoreFullError:
+    try:
+        return _died(units, reason, run, broken)
+    except StoreFullError as error:
+        return error
 
 
 def _died(units: list[WorkUnit], reason: str, run: PreparedRun, broken: set[str]
@@ -427,5 +678,6 @@ def _died(units: list[WorkUnit], reason: str, run: PreparedRun, broken: set[str]
     return report
 
 
-__all__ = ["EXIT_BROKEN", "EXIT_FAILURES", "EXIT_OK", "EXIT_USAGE", "PreparedRun", "RunOptions",
-           "RunReport", "execute", "outcomes", "prepare_run"]
+__all__ = ["EXIT_BROKEN", "EXIT_FAILURES", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE",
+           "PreparedRun", "RunOptions", "RunReport", "execute", "outcomes", "prepare_run",
+           "run_extraction"]
