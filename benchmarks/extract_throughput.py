@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import vidfeat
+from vidfeat.jobs import ClusterSpec
 from vidfeat.jobs.submit import run_extract
 from vidfeat.pipeline.run import RunOptions
 
@@ -35,10 +36,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         results = {}
         for device in devices:
-            options = RunOptions(features=features, workers=args.workers, device=device,
-                                 random_weights=True, dtype="float32", progress=False,
-                                 batch_size=args.batch_size)
-            report = run_extract([args.videos], Path(scratch) / device, options)
+            options = RunOptions(features=features, device=device, random_weights=True,
+                                 dtype="float32", progress=False, batch_size=args.batch_size)
+            report = run_extract([args.videos], Path(scratch) / device, options,
+                                 ClusterSpec("local", workers=args.workers))
             results[device] = report
             print(f"{device:8} {report.seconds:8.1f} s  {report.videos / report.seconds:7.2f} "
                   f"videos/s  {report.frames / report.seconds:8.1f} frames/s  "
