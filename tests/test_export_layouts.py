@@ -1,0 +1,143 @@
+"""Each export layout read back with the reading statements of the loader it is made for,
+copied from those projects (cited per test), on a store extracted from synthetic videos."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from training_corpus import TrainingCorpus, training_corpus
+
+from vidfeat import open_store
+from vidfeat.cli import main
+from vidfeat.storage.export import rows_on_timeline
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> TrainingCorpus:
+    return training_corpus(tmp_path_factory.mktemp("training"))
+
+
+def export(corpus: TrainingCorpus, *args: str) -> None:
+    assert main(["export", str(corpus.store), *args]) == 0
+
+
+def test_hdf5_per_video_datasets_load_in_2dtan_charades_and_tacos(corpus: TrainingCorpus,
+                                                                  tmp_path: Path) -> None:
+    self = SimpleNamespace(data_dir=str(tmp_path), vis_input_type="vggish")
+    export(corpus, "--format", "hdf5", str(tmp_path / "vggish_features.hdf5"),
+           "--feature", "vggish")
+    export(corpus, "--format", "hdf5", str(tmp_path / "tall_c3d_features.hdf5"),
+           "--feature", "vggish")
+    store = open_store(corpus.store)
+    with_audio = [v for v in store.videos() if "vggish" in store.features(v)]
+    for vid in with_audio:
+        # microsoft/VideoX 2D-TAN/lib/datasets/charades.py, Charades.get_video_features
+        hdf5_file = h5py.File(os.path.join(self.data_dir, '{}_features.hdf5'.format(self.vis_input_type)), 'r')  # noqa: E501, UP032
+        features = torch.from_numpy(hdf5_file[vid][:]).float()
+        np.testing.assert_array_equal(features.numpy(), store.get(vid, "vggish"))
+        hdf5_file.close()
+        # 2D-TAN/lib/datasets/tacos.py, TACoS.get_video_features
+        with h5py.File(os.path.join(self.data_dir, 'tall_c3d_features.hdf5'), 'r') as f:
+            features = torch.from_numpy(f[vid][:])
+        assert features.dtype == torch.float32 and features.shape == (6 if "scene" in vid
+                                                                      else 2, 128)
+    with h5py.File(tmp_path / "vggish_features.hdf5", "r") as h5:
+        assert sorted(h5) == sorted(with_audio) and "quiet" not in h5
+
+
+def test_hdf5_named_datasets_load_in_2dtan_activitynet(corpus: TrainingCorpus,
+                                                       tmp_path: Path) -> None:
+    self = SimpleNamespace(data_dir=str(tmp_path))
+    export(corpus, "--format", "hdf5", str(tmp_path / "sub_activitynet_v1-3.c3d.hdf5"),
+           "--feature", "vggish", "--dataset-name", "c3d_features")
+    vid = "scene_bars_3"
+    # 2D-TAN/lib/datasets/activitynet.py, ActivityNet.get_video_features
+    with h5py.File(os.path.join(self.data_dir, 'sub_activitynet_v1-3.c3d.hdf5'), 'r') as f:
+        features = torch.from_numpy(f[vid]['c3d_features'][:])
+    np.testing.assert_array_equal(features.numpy(), open_store(corpus.store).get(vid, "vggish"))
+
+
+def test_per_video_npy_loads_in_video_caption_pytorch(corpus: TrainingCorpus,
+                                                      tmp_path: Path) -> None:
+    frames, audio = tmp_path / "frames", tmp_path / "audio"
+    export(corpus, "--format", "npy", str(frames), "--layout", "per-video",
+           "--feature", "resnet152,vggish")
+    export(corpus, "--format", "npy", str(audio), "--layout", "per-video", "--feature", "vggish")
+    self = SimpleNamespace(feats_dir=[str(frames)], c3d_feats_dir=str(audio), with_c3d=1)
+    store = open_store(corpus.store)
+    for ix in range(9):
+        # xiadingZ/video-caption.pytorch dataloader.py, VideoDataset.__getitem__
+        fc_feat = []
+        for dir in self.feats_dir:
+            fc_feat.append(np.load(os.path.join(dir, 'video%i.npy' % (ix))))  # noqa: UP031
+        fc_feat = np.concatenate(fc_feat, axis=1)
+        if self.with_c3d == 1:
+            c3d_feat = np.load(os.path.join(self.c3d_feats_dir, 'video%i.npy'%(ix)))  # noqa: E225, E501, UP031
+            c3d_feat = np.mean(c3d_feat, axis=0, keepdims=True)
+            fc_feat = np.concatenate((fc_feat, np.tile(c3d_feat, (fc_feat.shape[0], 1))), axis=1)
+
+        video_id = f"video{ix}"
+        assert fc_feat.shape == (2, 2048 + 128 + 128) and fc_feat.dtype == np.float32
+        np.testing.assert_array_equal(fc_feat[:, :2048], store.get(video_id, "resnet152"))
+        on_frames = rows_on_timeline(store, video_id, ["resnet152", "vggish"])["vggish"]
+        np.testing.assert_array_equal(fc_feat[:, 2048:2176], on_frames)
+        np.testing.assert_allclose(fc_feat[0, 2176:], store.get(video_id, "vggish").mean(0),
+                                   rtol=1e-6)
+    assert not (frames / "quiet.npy").exists()  # no vggish to put beside its frames
+    assert (tmp_path / "frames" / "video0.npy").exists() and not list(frames.glob("scene*"))
+
+
+def test_paddle_pickles_load_in_multimodal_video_tag(corpus: TrainingCorpus,
+                                                     tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("video0 1,3\n")
+    export(corpus, "--format", "paddle", str(tmp_path / "pkl"), "--labels", str(labels),
+           "--feature", "resnet152,vggish")
+    self = SimpleNamespace(filelist=str(tmp_path / "pkl"))
+    store = open_store(corpus.store)
+    for url in ("video0.mp4", "clips/quiet.mp4"):
+        # PaddleVideo applications/MultimodalVideoTag/scenario_lib/datareader/
+        # feature_reader.py, FeatureReader.create_reader
+        filepath = os.path.join(
+            self.filelist,
+            url.split('/')[-1].split('.')[0] + '.pkl')
+        record = pickle.load(open(filepath, 'rb'), encoding='iso-8859-1')  # noqa: SIM115
+        rgb = record['feature']['image_pkl'].astype(float)
+        if record['feature']['audio_pkl'].shape[0] == 0:
+            audio_pkl = np.zeros((10, 128))
+            audio = audio_pkl.astype(float)
+        else:
+            audio = record['feature']['audio_pkl'].astype(float)
+
+        video_id = record["video"]
+        np.testing.assert_array_equal(rgb, store.get(video_id, "resnet152"))
+        assert audio.shape == ((10, 128) if video_id == "quiet" else (2, 128))
+    assert pickle.loads((tmp_path / "pkl" / "video0.pkl").read_bytes())["label"] == [1, 3]
+
+
+def test_video_features_layout_keeps_its_files_and_takes_feature(corpus: TrainingCorpus,
+                                                                 tmp_path: Path) -> None:
+    export(corpus, "--format", "npy", str(tmp_path), "--feature", "vggish")
+    assert [p.name for p in tmp_path.iterdir()] == ["vggish"]
+    assert {"video0_vggish.npy", "video0_timestamps_ms.npy", "video0_fps.npy"} <= {
+        p.name for p in (tmp_path / "vggish").iterdir()}
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--format", "paddle", "--layout", "per-video"], "--layout per-video is for --format npy"),
+    (["--format", "npy", "--dataset-name", "x"], "--dataset-name is for --format hdf5"),
+    (["--format", "hdf5"], "need --feature"),
+])
+def test_contradictory_export_flags_are_one_line_errors(
+        corpus: TrainingCorpus, tmp_path: Path, capsys: pytest.CaptureFixture,
+        flags: list[str], message: str) -> None:
+    assert main(["export", str(corpus.store), str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
