@@ -78,9 +78,9 @@ def jobqueue_client(spec: ClusterSpec) -> Iterator[Any]:
     settings = spec.settings
     cluster_class = backend.cluster_class()
     quiet_distributed()  # importing dask_jobqueue set distributed's logger back to INFO
-    # no dashboard: nobody watches it in a batch run, and a second run's port clash warns
+    # the scheduler's HTTP server on a free port: 8787 may be another run's
     with cluster_class(**job_options(spec.kind, settings),
-                       scheduler_options={"dashboard_address": None}) as cluster:
+                       scheduler_options={"dashboard_address": ":0"}) as cluster:
         adaptive = settings.get("adaptive")
         if adaptive:
             cluster.adapt(minimum_jobs=adaptive["minimum"], maximum_jobs=adaptive["maximum"])

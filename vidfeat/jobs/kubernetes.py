@@ -9,6 +9,7 @@ $(DASK_SCHEDULER_ADDRESS)`` on the same job file: the operator sets that variabl
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,7 +44,7 @@ def _container_resources(settings: Mapping[str, Any]) -> dict[str, Any]:
         amounts["memory"] = settings["memory"]
     limits = dict(amounts)
     if settings.get("gpus_per_worker"):
-        limits["nvidia.com/gpu"] = settings["gpus_per_worker"]
+        limits["nvidia.com/gpu"] = str(settings["gpus_per_worker"])  # a quantity: a string
     return {"requests": amounts, "limits": limits} if limits else {}
 
 
@@ -83,8 +84,9 @@ def render(spec: ClusterSpec, job_text: str) -> list[dict[str, Any]]:
                               resources=_container_resources(settings),
                               worker_command=worker_command)
     worker_container = worker["spec"]["containers"][0]
-    worker_container.update(imagePullPolicy=pull_policy, volumeMounts=mounts)
-    worker["spec"]["volumes"] = volumes
+    # copies: shared objects would come out of a YAML dump as anchors and aliases
+    worker_container.update(imagePullPolicy=pull_policy, volumeMounts=copy.deepcopy(mounts))
+    worker["spec"]["volumes"] = copy.deepcopy(volumes)
     scheduler = make_scheduler_spec(cluster_name=name, env=_env(user_env), image=image)
     scheduler_container = scheduler["spec"]["containers"][0]
     scheduler_container["imagePullPolicy"] = pull_policy
@@ -111,6 +113,21 @@ def render(spec: ClusterSpec, job_text: str) -> list[dict[str, Any]]:
                 "spec": {"job": {"spec": job_pod},
                          "cluster": {"spec": {"worker": worker, "scheduler": scheduler}}}}
     return [config_map, dask_job]
+
+
+def dump(manifests: list[dict[str, Any]]) -> str:
+    """YAML documents for ``kubectl apply -f -``; the job file as a literal block."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump_all(manifests, Dumper=Dumper, sort_keys=False)
 
 
 def create(manifests: list[dict[str, Any]]) -> list[str]:

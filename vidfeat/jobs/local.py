@@ -34,10 +34,10 @@ def local_client(workers: int, threads_per_worker: int = 1, gpus: int = 0) -> It
                 Client(cluster) as client:
             yield client
         return
-    # no dashboard: nobody watches it in a batch run, and a second run's port clash warns
+    # the scheduler's HTTP server on a free port: 8787 may be another run's
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
             LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
-                         processes=True, dashboard_address=None,
+                         processes=True, dashboard_address=":0",
                          silence_logs=logging.ERROR) as cluster, \
             Client(cluster) as client:
         yield client
@@ -59,6 +59,6 @@ def _gpu_cluster(workers: int, threads_per_worker: int, gpus: int, environ: dict
     specs = {f"cpu-{i}": worker("", None) for i in range(workers)}
     visible = visible_devices()
     specs |= {f"gpu-{i}": worker(device_for(i, visible), {"GPU": 1}) for i in range(gpus)}
-    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}}
     with SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.ERROR) as cluster:
         yield cluster

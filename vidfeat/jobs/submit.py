@@ -61,13 +61,10 @@ def dry_run(job: Job) -> str:
         lines += ["", f"# job script of each worker job ({PLACEHOLDER_SCHEDULER} stands for "
                       "the scheduler vidfeat submit starts)", job_script(cluster).rstrip()]
     elif cluster.kind == "kubernetes":
-        import yaml
+        from vidfeat.jobs.kubernetes import dump, render
 
-        from vidfeat.jobs.kubernetes import render
-
-        manifests = render(cluster, job.text)
         lines += ["", "# manifests (kubectl apply -f - creates the same)",
-                  yaml.safe_dump_all(manifests, sort_keys=False).rstrip()]
+                  dump(render(cluster, job.text)).rstrip()]
     return "\n".join(lines)
 
 
