@@ -1,0 +1,205 @@
+"""Extraction throughput against its limits and against the naive JPEG path, in one run.
+
+    python benchmarks/throughput.py [--workdir DIR] [--scale 1.0] [--precisions fp32,bf16]
+        [--workers 1,2] [--feature-sets resnet152,c3d,vggish:resnet152]
+
+Corpus (made with ffmpeg, H.264 + AAC, 30 fps; durations times --scale): 6 x 60 s 640x360,
+2 x 60 s 1280x720, 1 x 600 s 640x360. Prints, per precision and feature set:
+- decode limit: `ffmpeg -i F -f null -` over the corpus (all cores);
+- model limit: batched inference (ResNet-152 32, C3D 8, VGGish 64; channels_last, the same
+  precision, all cores) over as many inputs as vidfeat computes;
+- for ResNet-152 alone, the seed's JPEG path: ffmpeg writes every frame as JPEG, as many frames
+  as vidfeat samples (1 fps) are read back with PIL, ResNet-152 at batch 1, fp32;
+- `vidfeat extract` at each worker count (a fresh store; random weights), wall time and the
+  peak RSS of each worker process;
+and the ratios limit / vidfeat and seed / vidfeat. Random weights: the speed is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from vidfeat.media import probe
+from vidfeat.media.tools import executable
+
+SOURCES = ["testsrc2", "mandelbrot", "life"]
+BATCH = {"resnet152": 32, "c3d": 8, "vggish": 64}
+
+
+def make_corpus(root: Path, scale: float) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    plan = [(f"sd{i}", 60, "640x360") for i in range(6)]
+    plan += [(f"hd{i}", 60, "1280x720") for i in range(2)] + [("long", 600, "640x360")]
+    paths = []
+    for index, (name, seconds, size) in enumerate(plan):
+        path = root / f"{name}.mp4"
+        seconds = max(2.0, seconds * scale)
+        if not path.exists():
+            source = SOURCES[index % len(SOURCES)]
+            subprocess.run([
+                executable("ffmpeg"), "-v", "error", "-y",
+                "-f", "lavfi", "-t", str(seconds), "-i", f"{source}=size={size}:rate=30",
+                "-f", "lavfi", "-t", str(seconds), "-i", f"sine=frequency={300 + 50 * index}",
+                "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+                "-c:a", "aac", "-shortest", str(path)], check=True)
+        paths.append(path)
+    return paths
+
+
+def decode_limit(paths: list[Path]) -> float:
+    started = time.perf_counter()
+    for path in paths:
+        subprocess.run([executable("ffmpeg"), "-v", "error", "-i", str(path), "-f", "null", "-"],
+                       check=True)
+    return time.perf_counter() - started
+
+
+def input_counts(paths: list[Path]) -> dict[str, int]:
+    """Rows vidfeat computes per feature with its defaults (1 fps, 16-frame clips, 0.96 s)."""
+    counts = {"resnet152": 0, "c3d": 0, "vggish": 0}
+    for path in paths:
+        info = probe(path)
+        frames = info.frame_count or round(info.duration * info.fps)
+        counts["resnet152"] += int(info.duration) + 1
+        counts["c3d"] += frames // 16
+        counts["vggish"] += max(1, int((info.duration - 0.015) / 0.96))
+    return counts
+
+
+def model_limit(features: list[str], counts: dict[str, int], precision: str) -> float:
+    from vidfeat.extractors.pool import ExtractorSpec
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    shapes = {"resnet152": (3, 224, 224), "c3d": (3, 16, 112, 112), "vggish": (1, 96, 64)}
+    total = 0.0
+    for name in features:
+        extractor = ExtractorSpec(name, random_weights=True, precision=precision).load(
+            torch.device("cpu"))
+        batch = torch.rand(BATCH[name], *shapes[name])
+        extractor.embed(batch[:2])  # warm up oneDNN's kernels
+        left = counts[name]
+        started = time.perf_counter()
+        while left > 0:
+            extractor.embed(batch[:min(left, BATCH[name])])
+            left -= BATCH[name]
+        total += time.perf_counter() - started
+    return total
+
+
+def seed_path(paths: list[Path], scratch: Path) -> float:
+    """What the captioning report did: every frame to JPEG, pick frames, ResNet at batch 1."""
+    from PIL import Image
+    from torchvision.models import resnet152
+    from torchvision.transforms import v2
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = resnet152().eval()
+    model.fc = torch.nn.Identity()
+    transform = v2.Compose([v2.Resize(256), v2.CenterCrop(224), v2.ToImage(),
+                            v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    started = time.perf_counter()
+    for path in paths:
+        frames = scratch / path.stem
+        frames.mkdir(parents=True, exist_ok=True)
+        subprocess.run([executable("ffmpeg"), "-v", "error", "-i", str(path),
+                        str(frames / "%06d.jpg")], check=True)
+        files = sorted(frames.iterdir())
+        wanted = int(probe(path).duration) + 1
+        step = len(files) / wanted
+        with torch.inference_mode():
+            for k in range(wanted):
+                image = Image.open(files[min(len(files) - 1, int(k * step))]).convert("RGB")
+                model(transform(image).unsqueeze(0))
+        for file in files:
+            file.unlink()
+    return time.perf_counter() - started
+
+
+def run_vidfeat(corpus: Path, store: Path, features: list[str], workers: int, precision: str
+                ) -> tuple[float, list[float]]:
+    command = [sys.executable, "-m", "vidfeat", "extract", str(corpus), "--store", str(store),
+               "--features", ",".join(features), "--workers", str(workers), "--random-weights",
+               "--no-progress", "--precision", precision, "--dtype", "float32",
+               "--batch-size", "32"]
+    peaks: dict[int, float] = {}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = threading.Event()
+
+    def watch() -> None:
+        driver = psutil.Process(process.pid)
+        while not done.wait(0.2):
+            try:
+                children = driver.children(recursive=True)
+            except psutil.NoSuchProcess:
+                return
+            for child in children:
+                try:
+                    if "python" in child.name():
+                        rss = child.memory_info().rss / 2**20
+                        peaks[child.pid] = max(peaks.get(child.pid, 0.0), rss)
+                except psutil.NoSuchProcess:
+                    pass
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    _, stderr = process.communicate()
+    done.set()
+    elapsed = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"vidfeat extract failed ({process.returncode}): {stderr.decode()}")
+    # the worker processes are the ones that loaded a model: the largest `workers` peaks
+    return elapsed, sorted(peaks.values(), reverse=True)[:workers]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--feature-sets", default="resnet152,c3d,vggish:resnet152")
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vidfeat-bench-"))
+    corpus = workdir / "corpus"
+    paths = make_corpus(corpus, args.scale)
+    minutes = sum(probe(p).duration for p in paths) / 60
+    print(f"corpus: {len(paths)} videos, {minutes:.1f} min; cores: {os.cpu_count()}; "
+          f"torch {torch.__version__}")
+    decode = decode_limit(paths)
+    counts = input_counts(paths)
+    print(f"decode limit: {decode:.1f} s; inputs: {counts}")
+    seed = None
+    for precision in args.precisions.split(","):
+        for feature_set in args.feature_sets.split(":"):
+            features = feature_set.split(",")
+            limit = decode + model_limit(features, counts, precision)
+            line = f"[{precision} {feature_set}] decode+model limit {limit:.1f} s"
+            if features == ["resnet152"] and precision == "fp32":
+                seed = seed if seed is not None else seed_path(paths, workdir / "jpeg")
+                line += f"; seed JPEG path {seed:.1f} s"
+            print(line, flush=True)
+            for workers in [int(w) for w in args.workers.split(",")]:
+                store = workdir / f"store-{precision}-{len(features)}-{workers}"
+                subprocess.run(["rm", "-rf", str(store)], check=True)
+                seconds, rss = run_vidfeat(corpus, store, features, workers, precision)
+                ratios = f"limit/vidfeat {limit / seconds:.2f}"
+                if features == ["resnet152"] and seed is not None:
+                    ratios += f", seed/vidfeat {seed / seconds:.2f}"
+                print(f"    vidfeat {workers} worker(s): {seconds:.1f} s ({ratios}); peak RSS "
+                      f"per worker {', '.join(f'{r:.0f}' for r in rss)} MiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
