@@ -50,6 +50,14 @@ def test_hdf5_per_video_datasets_load_in_2dtan_charades_and_tacos(corpus: Traini
                                                                       else 2, 128)
     with h5py.File(tmp_path / "vggish_features.hdf5", "r") as h5:
         assert sorted(h5) == sorted(with_audio) and "quiet" not in h5
+    # TACoS names videos by file name: the README's hard links give 2D-TAN those keys
+    with h5py.File(tmp_path / "tall_c3d_features.hdf5", "a") as f:
+        for video_id in list(f):
+            f[video_id + ".avi"] = f[video_id]
+    vid = "scene_bars_1.avi"
+    with h5py.File(os.path.join(self.data_dir, 'tall_c3d_features.hdf5'), 'r') as f:
+        features = torch.from_numpy(f[vid][:])
+    np.testing.assert_array_equal(features.numpy(), store.get("scene_bars_1", "vggish"))
 
 
 def test_hdf5_named_datasets_load_in_2dtan_activitynet(corpus: TrainingCorpus,
