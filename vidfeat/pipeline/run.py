@@ -296,22 +296,28 @@ def _frame_times(path: str) -> Any:
 
 
 def _run_units(units: list[WorkUnit], store: str, plugin_name: str, options: RunOptions
-               ) -> TaskReport:
+               ) -> TaskReport | StoreFullError:
     from vidfeat.pipeline.engine import Engine
     from vidfeat.pipeline.worker import worker_state
 
     state = worker_state(plugin_name)
     engine = Engine(state.pool, batch_size=options.batch_size, dtype=options.dtype,
                     decoder=options.decoder, decoder_threads=state.torch_threads)
-    return engine.run(units, store)
+    try:
+        return engine.run(units, store)
+    except StoreFullError as error:  # returned: the driver stops the run, the worker logs nothing
+        return error
 
 
 def _stitch(reports: list[TaskReport], modality: dict[str, str], store: str, dtype: str
-            ) -> TaskReport:
+            ) -> TaskReport | StoreFullError:
     from vidfeat.pipeline.stitch import stitch_and_write
 
-    return stitch_and_write([part for report in reports for part in report.parts],
-                            modality, store, dtype)
+    try:
+        return stitch_and_write([part for report in reports for part in report.parts],
+                                modality, store, dtype)
+    except StoreFullError as error:
+        return error
 
 
 # ---- the driver ----------------------------------------------------------------------------
@@ -339,11 +345,13 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
     client.register_plugin(extractor_plugin(plugin_name, run.specs, run.options.device,
                                             slots_by_host))
     full: StoreFullError | None = None
+    indexed = set(index.shards())
     try:
         for rejected in run.rejected:
             video = VideoSource(rejected.video_id, rejected.path)
             shard, failures = _failure(video, list(run.specs), rejected.reason, run)
             index.add_shard(shard)
+            indexed.add(shard)
             report.add(failures)
         with tqdm(total=len(run.todo), unit="video", disable=not run.options.progress,
                   smoothing=0) as bar:
@@ -356,6 +364,7 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
                     try:
                         for shard in result.shards:
                             index.add_shard(shard)
+                            indexed.add(shard)
                     except StoreFullError as error:
                         full, _ = error, stop.set()
                 report.add(result.outcomes, result.frames)
@@ -373,21 +382,19 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
     report.seconds = time.perf_counter() - started
     report.interrupted = stop.is_set() and full is None
     if full is not None:
-        _settle_after_full_disk(index)
+        _remove_unindexed(index, indexed)
         raise full
     return report
 
 
-def _settle_after_full_disk(index: StoreIndex) -> None:
-    """Index the shards written before the disk filled up; those the full disk does not let
-    the index take are removed (the rerun extracts them again), so the store verifies."""
-    try:
-        index.add_unindexed()
-    except StoreFullError:
-        for relpath in sorted(set(index.shard_files()) - set(index.shards())):
-            (index.directory / relpath).unlink(missing_ok=True)
-            log.debug("removed %s: written, but the full disk kept it out of the index",
-                      relpath)
+def _remove_unindexed(index: StoreIndex, indexed: set[str]) -> None:
+    """After a full disk: the shards this run wrote but could not index are removed (the
+    rerun extracts them again), so that the store verifies. The index itself may not even
+    open on a full disk (SQLite's shared memory file), hence ``indexed``, kept by the driver;
+    under the run lock, and with the tasks in flight drained, no one else writes shards."""
+    for relpath in sorted(set(index.shard_files()) - indexed):
+        (index.directory / relpath).unlink(missing_ok=True)
+        log.debug("removed %s: written, but the full disk kept it out of the index", relpath)
 
 
 def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
@@ -601,10 +608,8 @@ def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]]
         for future in done:
             units = in_flight.pop(future)
             segment = units[0].segment if len(units) == 1 else None
-            error = future.exception() if future.status == "error" else None
-            if isinstance(error, StoreFullError):
-                yield error
-            elif error is not None:
+            if future.status == "error":
+                error = future.exception()
                 reason = f"task died: {type(error).__name__}: {error}".splitlines()[0]
                 yield _died_or_full(units, reason, run, broken)
             elif segment is not None and future not in stitches:
@@ -622,7 +627,7 @@ def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]]
                         continue  # the stitch takes this slot
             else:
                 stitches.discard(future)
-                yield future.result()
+                yield future.result()  # a TaskReport, or the StoreFullError a task met
             submit_next()
 
 

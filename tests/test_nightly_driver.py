@@ -1,0 +1,347 @@
+"""The driver under nightly conditions, with real `vidfeat extract` processes: two runs on one
+store, a FIFO and an audio-only file, exit codes of broken runs, a disk that fills mid-run (a
+small tmpfs), Ctrl-C to the driver and to its process group, the run report, --retry-failed,
+a decode that hangs (its worker stopped with SIGSTOP) and a video that kills its worker."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import ffmpeg, make_video
+from vidfeat.storage.index import StoreIndex
+
+FEATURES = ["--features", "resnet152,vggish", "--set", "resnet152.fps=1"]
+COMMON = ["--random-weights", "--no-progress", "--workers", "1"]
+
+
+def _command(store: Path, *sources: Path | str, extra: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, "-m", "vidfeat", "extract", *map(str, sources), "--store",
+            str(store), *FEATURES, *COMMON, *extra]
+
+
+def _extract(store: Path, *sources: Path | str, extra: tuple[str, ...] = (),
+             timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(store, *sources, extra=extra), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vidfeat", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def _verified(store: Path) -> None:
+    result = _cli("verify", str(store))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _statuses(store: Path) -> dict[tuple[str, str], str]:
+    return {(e.video_id, e.feature): e.status for e in StoreIndex(store, readonly=True).entries()}
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """stderr without the random-weights warning every test run prints."""
+    return [line for line in stderr.splitlines()
+            if line.strip() and "random" not in line.lower() and "float16" not in line]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("driver-videos")
+    for name in ("a", "b", "c"):
+        make_video(root / f"{name}.mp4", seconds=1.5)
+    return root
+
+
+def test_a_second_run_on_a_locked_store_refuses_naming_the_holder(videos: Path, tmp_path: Path):
+    store = tmp_path / "store"
+    first = subprocess.Popen(_command(store, videos), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (store / "run.lock").exists():
+            assert time.monotonic() < deadline and first.poll() is None, "no lock was taken"
+            time.sleep(0.05)
+        second = _extract(store, videos)
+    finally:
+        out, err = first.communicate(timeout=180)
+    assert second.returncode == 3, second.stderr
+    lines = _error_lines(second.stderr)
+    assert len(lines) == 1, second.stderr
+    assert f"pid {first.pid}" in lines[0] and "locked" in lines[0], lines
+    assert first.returncode == 0, err
+    assert not (store / "run.lock").exists()
+    # the next run waits for nothing and finds everything up to date
+    again = _extract(store, videos, extra=("--wait-lock", "5"))
+    assert again.returncode == 0 and "3 already up to date" in again.stdout, again.stdout
+    _verified(store)
+
+
+def test_fifo_and_audio_only_files_with_run_report_and_retry_failed(videos: Path,
+                                                                      tmp_path: Path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    make_video(corpus / "good.mp4", seconds=1.5)
+    os.mkfifo(corpus / "pipe.mp4")
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:sample_rate=44100:duration=2.5",
+           "-c:a", "aac", str(corpus / "voice.mp4"))
+    (corpus / "broken.mp4").write_text("not a video at all\n")
+    store = tmp_path / "store"
+    result = _extract(store, corpus)
+    assert result.returncode == 1, result.stdout + result.stderr  # finished, failures listed
+    assert "FAILED pipe resnet152: not a regular file: a FIFO (named pipe)" in result.stdout
+    statuses = _statuses(store)
+    assert statuses[("voice", "vggish")] == "ok"
+    assert statuses[("voice", "resnet152")] == "skipped"
+    assert statuses[("good", "resnet152")] == statuses[("good", "vggish")] == "ok"
+    assert statuses[("broken", "resnet152")] == statuses[("pipe", "vggish")] == "failed"
+    reports = sorted((store / "runs").glob("*.json"))
+    assert len(reports) == 1
+    report = json.loads(reports[0].read_text())
+    assert report["exit_code"] == 1 and not report["interrupted"]
+    assert report["videos"] == {"total": 4, "done": 2, "up_to_date": 0, "skipped": 0,
+                                "failed": 2}
+    failed = {(f["video_id"], f["feature"]) for f in report["failures"]}
+    assert failed == {("pipe", "resnet152"), ("pipe", "vggish"), ("broken", "resnet152"),
+                      ("broken", "vggish")}
+    assert {(s["video_id"], s["reason"]) for s in report["skips"]} == {
+        ("voice", "no video stream")}
+    listed = _cli("inspect", str(store), "--failures").stdout
+    assert "broken\tresnet152\t" in listed and "pipe\tvggish\t" in listed
+    _verified(store)
+
+    # the broken file is replaced by a good one; a new video appears beside it
+    make_video(corpus / "broken.mp4", seconds=1.5)
+    make_video(corpus / "newcomer.mp4", seconds=1.5)
+    retried = _extract(store, corpus, extra=("--retry-failed",))
+    assert retried.returncode == 1, retried.stderr  # the FIFO is still no video
+    statuses = _statuses(store)
+    assert statuses[("broken", "resnet152")] == statuses[("broken", "vggish")] == "ok"
+    assert ("newcomer", "resnet152") not in statuses  # only the listed failures
+    runs = _cli("inspect", str(store), "--runs").stdout.splitlines()
+    assert len(runs) == 2 and all("exit 1" in line for line in runs), runs
+    _verified(store)
+
+
+def test_broken_runs_exit_3_in_one_line_and_usage_errors_create_no_store(videos: Path,
+                                                                         tmp_path: Path):
+    unreachable = _extract(tmp_path / "s1", videos, extra=("--scheduler", "not-an-address"))
+    assert unreachable.returncode == 3, unreachable.stderr
+    lines = _error_lines(unreachable.stderr)
+    assert len(lines) == 1 and "not-an-address" in lines[0], unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+
+    for flags in (("--task-timeout", "0"), ("--batch-size", "0"), ("--features", ",")):
+        store = tmp_path / f"usage{flags[0]}"
+        usage = subprocess.run([*_command(store, videos), *flags], capture_output=True,
+                               text=True, timeout=60)
+        assert usage.returncode == 2, (flags, usage.stderr)
+        assert not store.exists(), flags
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[list[Path]]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    mounted: list[Path] = []
+    yield mounted
+    gc.collect()
+    for mountpoint in reversed(mounted):
+        if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+def _mount(mounts: list[Path], mountpoint: Path, *args: str) -> None:
+    mountpoint.mkdir(exist_ok=True)
+    result = subprocess.run(["mount", *args, str(mountpoint)], capture_output=True, text=True)
+    if result.returncode:
+        pytest.skip(f"cannot mount here: {result.stderr.strip()}")
+    mounts.append(mountpoint)
+
+
+def test_a_read_only_store_is_exit_3_in_one_line(videos: Path, tmp_path: Path,
+                                                  mounts: list[Path]):
+    store = tmp_path / "store"
+    assert _extract(store, videos / "a.mp4").returncode == 0
+    readonly = tmp_path / "readonly"
+    _mount(mounts, readonly, "--bind", str(store))
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(readonly)], check=True)
+    make_video(tmp_path / "d.mp4", seconds=1.5)
+    result = _extract(readonly, tmp_path / "d.mp4")
+    assert result.returncode == 3, result.stderr
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "read-only" in lines[0].lower(), lines
+
+
+def test_a_disk_filling_mid_run_stops_in_one_line_then_the_rerun_completes(
+        tmp_path: Path, mounts: list[Path]):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for k in range(6):
+        make_video(corpus / f"v{k}.mp4", seconds=1.5, source="mandelbrot" if k % 2 else
+                   "testsrc2")
+    disk = tmp_path / "disk"
+    _mount(mounts, disk, "-t", "tmpfs", "-o", "size=1m", "tmpfs")
+    store = disk / "store"
+    ballast = disk / "ballast"
+    # leave room for the store's index and a few shards (each ~20 KB), not for all six
+    ballast.write_bytes(b"\xff" * (1024 * 1024 - 180 * 1024))
+    full = _extract(store, corpus)
+    assert full.returncode == 3, full.stdout + full.stderr
+    lines = _error_lines(full.stderr)
+    assert len(lines) == 1 and "Traceback" not in full.stderr, full.stderr
+    assert lines[0].startswith(f"vidfeat: error: store {store}: disk full"), lines
+    assert not [p for p in store.rglob("*.tmp")]
+    _verified(store)
+    ballast.unlink()
+    rerun = _extract(store, corpus)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    statuses = _statuses(store)
+    assert all(statuses[(f"v{k}", f)] == "ok" for k in range(6) for f in ("resnet152", "vggish"))
+    _verified(store)
+
+
+def _interrupt_after_first_shard(store: Path, sources: Path, *, group: bool, twice: bool
+                                 ) -> subprocess.CompletedProcess:
+    # one video per task: most of them are still to do when the first shard appears
+    command = _command(store, sources, extra=("--segment-seconds", "1.6"))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (store / "shards").exists() or not list((store / "shards").rglob("*.h5")):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    send = (lambda: os.killpg(process.pid, signal.SIGINT)) if group else (
+        lambda: process.send_signal(signal.SIGINT))
+    send()
+    if twice:
+        time.sleep(0.3)
+        send()
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def many_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("many")
+    for k in range(10):
+        make_video(root / f"m{k}.mp4", seconds=1.5)
+    return root
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["driver", "process-group"])
+def test_ctrl_c_finishes_what_is_in_flight_and_says_how_to_resume(
+        many_videos: Path, tmp_path: Path, group: bool):
+    store = tmp_path / "store"
+    result = _interrupt_after_first_shard(store, many_videos, group=group, twice=False)
+    assert result.returncode == 130, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr
+    assert "rerun the same command to resume" in result.stdout
+    assert "videos:" in result.stdout or "extracted" in result.stdout
+    _verified(store)
+    report = json.loads(next((store / "runs").glob("*.json")).read_text())
+    assert report["interrupted"] and report["exit_code"] == 130
+    done = {video for (video, _), status in _statuses(store).items() if status == "ok"}
+    assert 0 < len(done) < 10
+    resumed = _extract(store, many_videos)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(done)} already up to date" in resumed.stdout
+    _verified(store)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_store_verifies(many_videos: Path,
+                                                               tmp_path: Path):
+    store = tmp_path / "store"
+    result = _interrupt_after_first_shard(store, many_videos, group=True, twice=True)
+    assert result.returncode == 130, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "rerun the same command to resume" in result.stderr
+    _verified(store)
+    assert not (store / "run.lock").exists()
+
+
+def _worker_reading(driver: psutil.Process, path: Path, *, for_s: float) -> psutil.Process:
+    """The worker process that has had ``path`` open for ``for_s`` seconds (a probe opens
+    it only for a moment; the decode keeps it open)."""
+    since: dict[int, float] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert driver.is_running(), "the run ended before the video was decoded"
+        for child in driver.children(recursive=True):
+            try:
+                reading = any(f.path == str(path) for f in child.open_files())
+            except psutil.Error:
+                continue
+            if not reading:
+                since.pop(child.pid, None)
+            elif time.monotonic() - since.setdefault(child.pid, time.monotonic()) >= for_s:
+                return child
+        time.sleep(0.05)
+    raise AssertionError(f"no worker kept {path} open")
+
+
+def test_a_hung_decode_is_abandoned_after_the_task_timeout(tmp_path: Path):
+    """The hang is real: the worker process decoding the long video is stopped with SIGSTOP
+    (as a decode blocked on a stalled network file system would be: no Python code of ours
+    runs in it any more). The driver must give up on it, restart the worker and finish."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    long_video = make_video(corpus / "long.mp4", seconds=60, fps=8)
+    make_video(corpus / "short.mp4", seconds=1.5)
+    store = tmp_path / "store"
+    process = subprocess.Popen(_command(store, long_video, corpus / "short.mp4",
+                                        extra=("--task-timeout", "6", "--workers", "2")),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        worker = _worker_reading(psutil.Process(process.pid), long_video, for_s=0.5)
+        worker.suspend()
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, out + err
+    assert "FAILED long resnet152: timed out after 6 s" in out, out
+    statuses = _statuses(store)
+    assert statuses[("short", "resnet152")] == "ok"
+    assert statuses[("long", "resnet152")] == "failed"
+    _verified(store)
+
+
+def test_a_video_that_kills_its_worker_is_recorded_as_failed(tmp_path: Path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    deadly = make_video(corpus / "deadly.mp4", seconds=60, fps=8)
+    make_video(corpus / "fine.mp4", seconds=1.5)
+    store = tmp_path / "store"
+    process = subprocess.Popen(_command(store, deadly, corpus / "fine.mp4"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = psutil.Process(process.pid)
+    kills = 0
+    try:
+        while process.poll() is None and kills < 5:
+            try:
+                _worker_reading(driver, deadly, for_s=0.3).kill()  # as the OOM killer would
+                kills += 1
+            except AssertionError:
+                break  # the run ended: the video was given up
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, out + err
+    assert "FAILED deadly resnet152: task died: KilledWorker" in out, out
+    assert kills == 3  # allowed-failures 2: the third death gives the video up
+    assert _statuses(store)[("fine", "resnet152")] == "ok"
+    _verified(store)
