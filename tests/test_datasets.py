@@ -39,6 +39,10 @@ from vidfeat.datasets import (
     tokenize,
 )
 from vidfeat.datasets.grounding import map_mask, span_iou
+from vidfeat.storage.export import export_per_video
+from vidfeat.storage.index import StoreIndex
+from vidfeat.storage.schema import FeatureRecord, VideoRecord
+from vidfeat.storage.writer import create_store, write_shard
 
 
 @pytest.fixture(scope="session")
@@ -314,3 +318,24 @@ def test_dataloader_workers_read_a_merged_file_like_the_directory(
     assert batch["video_ids"] == direct["video_ids"]
     for key in ("image", "image_mask", "audio", "audio_mask", "labels"):
         assert torch.equal(batch[key], direct[key]), key
+
+
+def test_a_feature_with_no_rows_counts_as_missing(tmp_path: Path) -> None:
+    """VGGish with ``pad_short=False`` records a short clip as ok with zero rows."""
+    store = create_store(tmp_path / "store")
+    spans = np.array([[0.0, 1.0], [1.0, 2.0]])
+    frames = np.arange(8, dtype=np.float32).reshape(2, 4)
+    record = VideoRecord("short", {"duration": 2.0}, [
+        FeatureRecord("resnet152", "ok", data=frames, times=spans),
+        FeatureRecord("vggish", "ok", data=np.zeros((0, 3), np.float32),
+                      times=np.zeros((0, 2)))])
+    StoreIndex(store).add_shard(write_shard(store, "short", [record], dtype="float32"))
+    item = CaptioningDataset(store, {"short": ["a b"]}, Vocabulary([]), fuse=("vggish",),
+                             frames=None)[0]
+    assert item["features"].tolist() == [[0, 1, 2, 3, 0, 0, 0], [4, 5, 6, 7, 0, 0, 0]]
+    assert item["present"].tolist() == [True, False]
+    out = tmp_path / "npy"
+    assert export_per_video(store, out, ["resnet152", "vggish"]) == 0
+    assert export_per_video(store, out, ["resnet152"]) == 1
+    assert GroundingDataset(store, [Moment("short", 0.0, 1.0, "a")], Vocabulary([]),
+                            feature="vggish").moments == []

@@ -15,7 +15,6 @@ of the input, so a caption or label that depends on the lavfi source or tone is 
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,11 +134,3 @@ def _write_annotations(corpus: TrainingCorpus) -> None:
     for split, lines_ in rows.items():
         (notes / f"charades_sta_{split}.txt").write_text("\n".join(lines_) + "\n")
 
-
-def ffprobe_duration(path: Path) -> float:
-    from vidfeat.media.tools import executable
-
-    out = subprocess.run([executable("ffprobe"), "-v", "error", "-show_entries",
-                          "format=duration", "-of", "csv=p=0", str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    return float(out)

@@ -27,6 +27,7 @@ from vidfeat.datasets.common import (
     report_unknown,
     uniform_indices,
     video_id_of,
+    videos_with,
 )
 from vidfeat.datasets.text import Vocabulary
 from vidfeat.storage.export import rows_on_timeline
@@ -87,7 +88,8 @@ class CaptioningDataset(Dataset):
         if frames is not None and frames < 1:
             raise ValueError(f"frames must be at least 1, got {frames}")
         self.fuse_dims = {name: feature_dim(self.store, name) for name in self.fuse}
-        have = {v for v in self.store.videos() if feature in self.store.features(v)}
+        self.fusable = {name: videos_with(self.store, name) for name in self.fuse}
+        have = videos_with(self.store, feature)
         self.references: dict[str, list[str]] = {}
         unknown = []
         for name, sentences in sorted(captions.items()):
@@ -112,8 +114,7 @@ class CaptioningDataset(Dataset):
 
     def video_features(self, video_id: str) -> tuple[np.ndarray, list[bool]]:
         """The video's rows (fused, sampled to ``frames``) and which features were present."""
-        available = set(self.store.features(video_id))
-        fused = [name for name in self.fuse if name in available]
+        fused = [name for name in self.fuse if video_id in self.fusable[name]]
         on_rows = rows_on_timeline(self.store, video_id, [self.feature, *fused])
         columns = [on_rows[self.feature]]
         for name in self.fuse:
@@ -122,7 +123,7 @@ class CaptioningDataset(Dataset):
         rows = np.concatenate(columns, axis=1)
         if self.frames is not None:
             rows = rows[uniform_indices(len(rows), self.frames)]
-        return np.ascontiguousarray(rows), [True] + [name in available for name in self.fuse]
+        return np.ascontiguousarray(rows), [True] + [name in fused for name in self.fuse]
 
 
 def collate_captions(batch: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:

@@ -53,6 +53,12 @@ def report_unknown(names: Iterable[str], store: FeatureStore, source: str | Path
                     store.path, examples)
 
 
+def videos_with(store: FeatureStore, feature: str) -> set[str]:
+    """Videos whose ``feature`` extracted successfully with at least one row."""
+    return {e.video_id for e in store.entries()
+            if e.feature == feature and e.status == "ok" and e.rows > 0}
+
+
 def feature_dim(store: FeatureStore, feature: str) -> int:
     """The feature's width in this store (the known width if no video has it)."""
     dims = {e.dim for e in store.entries() if e.feature == feature and e.status == "ok"}

@@ -32,6 +32,7 @@ from vidfeat.datasets.common import (
     l2_normalized,
     report_unknown,
     video_id_of,
+    videos_with,
 )
 from vidfeat.datasets.text import Vocabulary
 from vidfeat.storage.reader import FeatureStore
@@ -149,7 +150,7 @@ class GroundingDataset(Dataset):
         self.vocab, self.feature = vocab, feature
         self.num_segments, self.normalize = num_segments, normalize
         self.map_size = num_segments // target_stride
-        have = {v for v in self.store.videos() if feature in self.store.features(v)}
+        have = videos_with(self.store, feature)
         self.moments: list[tuple[str, Moment]] = []
         unknown = []
         for moment in moments:

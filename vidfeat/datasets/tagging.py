@@ -25,6 +25,7 @@ from vidfeat.datasets.common import (
     read_or_zeros,
     report_unknown,
     video_id_of,
+    videos_with,
 )
 from vidfeat.storage.reader import FeatureStore
 
@@ -92,7 +93,7 @@ class TaggingDataset(Dataset):
         self.image_dim = feature_dim(self.store, image)
         self.audio_dim = feature_dim(self.store, audio)
         index = {name: i for i, name in enumerate(self.classes)}
-        have = {v for v in self.store.videos() if image in self.store.features(v)}
+        have = videos_with(self.store, image)
         self.videos: list[tuple[str, list[int]]] = []
         unknown = []
         for video in tagged:

@@ -196,13 +196,14 @@ def export_per_video(store_or_path: FeatureStore | str | Path, outdir: str | Pat
 
 
 def _concatenated(store: FeatureStore, features: list[str]) -> Iterable[tuple[str, np.ndarray]]:
-    """(video_id, [N, sum of D] float32) for each video with every feature; logs the others."""
+    """(video_id, [N, sum of D] float32) for each video with rows of every feature; logs the
+    others."""
     if not features:
         raise ValueError("name at least one feature to export")
+    with_rows = {(e.video_id, e.feature) for e in store.entries() if e.status == "ok" and e.rows}
     lacking = []
     for video_id in store.videos():
-        available = store.features(video_id)
-        missing = [f for f in features if f not in available]
+        missing = [f for f in features if (video_id, f) not in with_rows]
         if missing:
             lacking.append(f"{video_id} ({', '.join(missing)})")
             continue
