@@ -236,7 +236,7 @@ def _interrupt_after_first_shard(store: Path, sources: Path, *, group: bool, twi
 @pytest.fixture(scope="module")
 def many_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("many")
-    for k in range(10):
+    for k in range(6):
         make_video(root / f"m{k}.mp4", seconds=1.5)
     return root
 
@@ -253,12 +253,15 @@ def test_ctrl_c_finishes_what_is_in_flight_and_says_how_to_resume(
     _verified(store)
     report = json.loads(next((store / "runs").glob("*.json")).read_text())
     assert report["interrupted"] and report["exit_code"] == 130
-    done = {video for (video, _), status in _statuses(store).items() if status == "ok"}
-    assert 0 < len(done) < 10
-    resumed = _extract(store, many_videos)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"{len(done)} already up to date" in resumed.stdout
-    _verified(store)
+    statuses = _statuses(store)
+    done = {video for video, _ in statuses
+            if statuses.get((video, "resnet152")) == statuses.get((video, "vggish")) == "ok"}
+    assert 0 < len(done) < 6
+    if group:
+        resumed = _extract(store, many_videos)
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"{len(done)} already up to date" in resumed.stdout
+        _verified(store)
 
 
 def test_a_second_ctrl_c_stops_at_once_and_the_store_verifies(many_videos: Path,
