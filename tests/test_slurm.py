@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -76,11 +77,16 @@ def test_job_file_runs_with_workers_as_slurm_jobs(slurm: dict[str, str], corpus:
     # squeue showed the worker jobs running; the job completion log has them, ended by
     # dask-jobqueue when the run closed its cluster
     assert running, "no worker job was seen running in squeue"
+    for _ in range(60):  # cancelled jobs are COMPLETING for a moment, then leave the queue
+        if not _slurm(slurm, "squeue", "-h", "-n", name).strip():
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"worker jobs still queued after the run: {_slurm(slurm, 'squeue')}")
     finished = _slurm(slurm, "sacct", "--completion", "-n", "-P", "-o", "JobID,JobName,State")
     ours = {line.split("|")[0]: line.split("|")[2] for line in finished.splitlines()
             if line.split("|")[1] == name}
     assert running <= set(ours) and len(ours) == 2
-    assert _slurm(slurm, "squeue", "-h", "-n", name).strip() == ""
     # each job's log is its dask worker's log: it connected and loaded this run's models
     for job_id in ours:
         log = (logs / f"{name}-{job_id}.err").read_text()
