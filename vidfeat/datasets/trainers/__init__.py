@@ -43,6 +43,9 @@ def train(task: str, store: Any, annotations: str | Path, out: str | Path, *,
           settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``task``'s reference model; returns what ``OUT/metrics.json`` holds."""
     options = options or TrainOptions()
+    if options.epochs < 1 or options.batch_size < 1:
+        raise ValueError(f"epochs and batch size must be at least 1, got {options.epochs} and "
+                         f"{options.batch_size}")
     chosen = settings_for(task, settings)
     if classes is not None and task != "tagging":
         raise ValueError("a class list is for tagging only")

@@ -55,9 +55,9 @@ class S2VT(nn.Module):
 
     def encode(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[tuple, tuple]:
         lengths = mask.sum(dim=1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.standardize(features)),
-                                                   lengths,
-                                                   batch_first=True, enforce_sorted=False)
+        inputs = self.dropout(self.standardize(features))
+        packed = nn.utils.rnn.pack_padded_sequence(inputs, lengths, batch_first=True,
+                                                   enforce_sorted=False)
         output1, state1 = self.rnn1(packed)
         output1, _ = nn.utils.rnn.pad_packed_sequence(output1, batch_first=True)
         no_words = output1.new_zeros(*output1.shape[:2], self.word_dim)

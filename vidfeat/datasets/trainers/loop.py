@@ -108,6 +108,7 @@ def plot_curves(history: list[dict[str, float]], chance: dict[str, float], main_
     """Training loss and the validation metrics per epoch, chance dashed (Agg, no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
     figure = Figure(figsize=(10, 4), dpi=100)
@@ -123,6 +124,8 @@ def plot_curves(history: list[dict[str, float]], chance: dict[str, float], main_
                                 linewidth=0.8)
     metric_axes.set(xlabel="epoch", ylabel="validation", title="metrics (dashed: chance)")
     metric_axes.legend(fontsize=7)
+    for axes in (loss_axes, metric_axes):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     figure.savefig(path)
 
