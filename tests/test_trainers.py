@@ -15,12 +15,14 @@ from training_corpus import TrainingCorpus, training_corpus
 
 from vidfeat.cli import main
 from vidfeat.datasets.trainers import metrics
+from vidfeat.datasets.trainers.captioning import S2VT
 from vidfeat.datasets.trainers.grounding import (
     bce_rescale_loss,
     dense_max_pool_map,
     padded_mask_and_weight,
 )
 from vidfeat.datasets.trainers.loop import Standardize
+from vidfeat.datasets.trainers.tagging import AttentionPool
 
 FAST = ["--epochs", "8", "--batch-size", "4", "--no-progress", "--device", "cpu"]
 
@@ -136,6 +138,24 @@ def test_standardize_uses_the_training_statistics() -> None:
     assert scale.mean.tolist() == [3.0, 5.0]
     # the constant column keeps std 1
     assert scale(torch.tensor([3.0 + math.sqrt(8 / 3), 6.0])).tolist() == pytest.approx([1, 1])
+
+
+def test_padding_does_not_change_what_s2vt_and_the_tagger_compute() -> None:
+    torch.manual_seed(0)
+    rows = torch.randn(2, 5, 8)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    s2vt = S2VT(vocab_size=6, feature_dim=8, hidden=4, word_dim=3).eval()
+    batch_words = s2vt.greedy(rows, mask, max_len=6)
+    alone = s2vt.greedy(rows[1:, :3], mask[1:, :3], max_len=6)
+    assert torch.equal(batch_words[1:], alone)
+    (h1, _), (h2, _) = s2vt.encode(rows, mask)
+    (a1, _), (a2, _) = s2vt.encode(rows[1:, :3], mask[1:, :3])
+    assert torch.allclose(h1[:, 1:], a1, atol=1e-6) and torch.allclose(h2[:, 1:], a2, atol=1e-6)
+    pool = AttentionPool(8, 4, dropout=0.0).eval()
+    pooled = pool(rows, mask)
+    assert torch.allclose(pooled[1:], pool(rows[1:, :3], mask[1:, :3]), atol=1e-6)
+    nothing = pool(rows[:1], torch.zeros(1, 5, dtype=torch.bool))  # a video without audio
+    assert torch.equal(nothing, torch.zeros(1, 8))
 
 
 # -- the trainers end to end ------------------------------------------------------------------
