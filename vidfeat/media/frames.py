@@ -10,6 +10,7 @@ end the container header promises, so every backend gives the same frames and th
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -38,6 +39,19 @@ class Decoded(NamedTuple):
     rotation: int
 
 
+_local = threading.local()
+
+
+def _reformatter() -> Any:
+    """One swscale context per thread, reused: ``VideoFrame.to_ndarray(format=...)`` builds a
+    new one for every frame, which costs more than the conversion (same pixels either way)."""
+    if not hasattr(_local, "reformatter"):
+        from av.video.reformatter import VideoReformatter
+
+        _local.reformatter = VideoReformatter()
+    return _local.reformatter
+
+
 class Frame:
     """One decoded frame. ``rgb`` is converted (and turned upright) only when first asked for,
     so frames that no extractor samples cost only their decode."""
@@ -63,7 +77,7 @@ class Frame:
         if self._rgb is None:
             image = self._image
             if hasattr(image, "to_ndarray"):  # av.VideoFrame
-                image = image.to_ndarray(format="rgb24")
+                image = _reformatter().reformat(image, format="rgb24").to_ndarray()
             elif hasattr(image, "cpu"):  # torch.Tensor, possibly on a GPU
                 image = image.cpu().numpy()
             if self._rotation:
