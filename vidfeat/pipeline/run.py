@@ -342,8 +342,8 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
     for worker in workers.values():
         slots_by_host[worker["host"]] = slots_by_host.get(worker["host"], 0) + worker["nthreads"]
     slots = max(1, sum(slots_by_host.values()))
-    client.register_plugin(extractor_plugin(plugin_name, run.specs, run.options.device,
-                                            slots_by_host))
+    _register_plugin(client, extractor_plugin(plugin_name, run.specs, run.options.device,
+                                              slots_by_host), plugin_name)
     full: StoreFullError | None = None
     indexed = set(index.shards())
     try:
@@ -387,6 +387,19 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
     return report
 
 
+def _register_plugin(client: Any, plugin: object, name: str, tries: int = 3) -> None:
+    """A worker dying while the plugin is broadcast fails the registration, although the
+    scheduler keeps the plugin for the workers that come: try again."""
+    for attempt in range(tries):
+        try:
+            client.register_plugin(plugin, name=name)
+            return
+        except OSError:  # distributed's CommClosedError
+            if attempt == tries - 1:
+                raise
+            time.sleep(1.0)
+
+
 def _remove_unindexed(index: StoreIndex, indexed: set[str]) -> None:
     """After a full disk: the shards this run wrote but could not index are removed (the
     rerun extracts them again), so that the store verifies. The index itself may not even
@@ -428,7 +441,7 @@ def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
             with spawning(), dask.config.set(
                     {"distributed.scheduler.allowed-failures": allowed_failures}):
                 client = stack.enter_context(open_cluster())
-            client.register_plugin(_ignore_interrupts_plugin(), name="vidfeat-ignore-interrupts")
+            _register_plugin(client, _ignore_interrupts_plugin(), "vidfeat-ignore-interrupts")
             report = execute(run, client, stop=stop, task_timeout=task_timeout)
         if report.interrupted:
             StoreIndex(run.store).add_unindexed()  # a task finishing as the cluster closed
@@ -498,8 +511,9 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
     task per segment of a long video (a list of WorkUnit of length one, see _run_tasks)."""
     paths = [video.path for video, _ in run.todo]
     chunks = [paths[i:i + PROBES_PER_TASK] for i in range(0, len(paths), PROBES_PER_TASK)]
-    probed = [item for chunk in client.gather(client.map(_probe_videos, chunks, pure=False))
-              for item in chunk]
+    probed = [item for chunk, future in zip(chunks, client.map(_probe_videos, chunks,
+                                                                pure=False), strict=True)
+              for item in _probe_results(chunk, future)]
     modality = {name: get_extractor(name).modality for name in run.specs}
     units: list[WorkUnit] = []
     total = sum(info.duration for info, _ in probed if info is not None)
@@ -533,6 +547,15 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
                                    unit.info, segment)])
     # the longest work first, so the stragglers at the end of a run are short
     return sorted(tasks, key=lambda t: -(t.seconds if isinstance(t, Task) else t[0].seconds))
+
+
+def _probe_results(paths: list[str], future: Any) -> list[tuple[Any, str]]:
+    """A probe task whose workers kept dying (KilledWorker) fails its videos, not the run."""
+    try:
+        return future.result()
+    except Exception as error:
+        reason = f"probe task died: {type(error).__name__}: {error}".splitlines()[0]
+        return [(None, reason) for _ in paths]
 
 
 def _clip_alignment(run: PreparedRun, features: tuple[str, ...]) -> tuple[int, int]:
