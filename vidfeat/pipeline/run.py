@@ -449,6 +449,8 @@ def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
         return report
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):
+            # the workers are gone: a shard they finished is indexed, one half written removed
+            _remove_temporary_files(run.store)
             StoreIndex(run.store).add_unindexed()
             record(EXIT_INTERRUPTED, interrupted=True)
         raise
