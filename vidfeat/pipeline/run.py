@@ -230,7 +230,8 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
     if held is not None:
         held.acquire()
     try:
-        _remove_temporary_files(store)  # a killed worker's; the lock says no writer is left
+        if held is not None:  # a killed worker's; the lock says no run is writing
+            _remove_temporary_files(store)
         index = StoreIndex(store)
         index.add_unindexed()  # a killed driver's finished work is not done again
     except BaseException:
