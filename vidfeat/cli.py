@@ -4,7 +4,8 @@ The `vidfeat` command; heavy imports happen inside the commands so `--help` is f
 
 Exit codes: 0 success; 1 finished with problems (failed videos, verify found problems, a
 selftest missed its reference); 2 bad usage, configuration or weights (nothing was done);
-3 the run broke (store unwritable or of an unknown schema, cluster unreachable).
+3 the run broke (store unwritable, full, locked by another run or of an unknown schema, cluster
+unreachable, any unexpected error); 130 stopped by Ctrl-C after storing what finished.
 """
 
 from __future__ import annotations
