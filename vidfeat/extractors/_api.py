@@ -293,6 +293,18 @@ class ClipSampler(Sampler):
         return self._emit_complete(end_time)
 
 
+def resize_per_channel(image: torch.Tensor, resize: Callable[[torch.Tensor], torch.Tensor]
+                       ) -> torch.Tensor:
+    """``resize`` applied to each channel of a [..., C, H, W] uint8 image on its own.
+
+    Resizing treats channels independently, so the values are the same; the full-size float
+    copy torchvision's resize makes is a third as large (100 MB for a 4K frame in one go).
+    A preset then resizing the result to the size it already has changes nothing (tested).
+    """
+    return torch.cat([resize(image[..., channel:channel + 1, :, :])
+                      for channel in range(image.shape[-3])], dim=-3)
+
+
 # ---- registry ------------------------------------------------------------------------------
 _REGISTRY: dict[str, type[Extractor]] = {}
 

@@ -3,6 +3,8 @@ device policy, and the per-process pool that loads each model once."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,4 +109,16 @@ class ExtractorPool:
             if device.type == "cuda":
                 torch.backends.cudnn.benchmark = True  # fixed batch shapes: tuned once
             self._loaded[name] = self.specs[name].load(device)
+            release_freed_memory()
         return self._loaded[name]
+
+
+def release_freed_memory() -> None:
+    """Give the heap's free pages back to the system (glibc): loading a model frees its
+    initial weights and the copies made for channels-last, which malloc would otherwise keep
+    for the life of the worker."""
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0) if name else None
+    except (OSError, AttributeError):
+        pass

@@ -9,6 +9,7 @@ computes the feature.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,16 @@ from torch import nn
 from torchvision.models import resnet152
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.transforms._presets import ImageClassification
+from torchvision.transforms.functional import resize
 
 from vidfeat.errors import ConfigError
-from vidfeat.extractors._api import Extractor, FrameSampler, Sampler, register_extractor
+from vidfeat.extractors._api import (
+    Extractor,
+    FrameSampler,
+    Sampler,
+    register_extractor,
+    resize_per_channel,
+)
 from vidfeat.extractors.weights import LoadedWeights
 from vidfeat.media.frames import Frame
 from vidfeat.media.probe import MediaInfo, count_frames
@@ -114,5 +122,10 @@ class ResNet152Extractor(Extractor):
                             start_time=start_time)
 
     def _preprocess(self, frame: Frame) -> torch.Tensor:
-        # the preset takes the uint8 image as is, as torchvision's own pipeline does
-        return self.transform(torch.from_numpy(frame.rgb).permute(2, 0, 1))
+        # the preset takes the uint8 image as is, as torchvision's own pipeline does; the
+        # frame is shrunk first one channel at a time (same values, less memory)
+        transform = self.transform
+        image = resize_per_channel(torch.from_numpy(frame.rgb).permute(2, 0, 1), partial(
+            resize, size=transform.resize_size, interpolation=transform.interpolation,
+            antialias=transform.antialias))
+        return transform(image)

@@ -11,6 +11,7 @@ preprocessed frames, and the result is the same as transforming the assembled cl
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,9 +20,16 @@ from torch import nn
 from torchvision.models import video
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.transforms._presets import VideoClassification
+from torchvision.transforms.functional import resize
 
 from vidfeat.errors import ConfigError
-from vidfeat.extractors._api import ClipSampler, Extractor, Sampler, register_extractor
+from vidfeat.extractors._api import (
+    ClipSampler,
+    Extractor,
+    Sampler,
+    register_extractor,
+    resize_per_channel,
+)
 from vidfeat.extractors.weights import LoadedWeights
 from vidfeat.media.frames import Frame
 from vidfeat.media.probe import MediaInfo
@@ -92,8 +100,13 @@ class _TorchvisionVideoExtractor(Extractor):
         return ClipSampler(self._preprocess, clip_len=self.clip_len, stride=self.stride)
 
     def _preprocess(self, frame: Frame) -> torch.Tensor:
-        """One uint8 frame as a one-frame video (T=1, C, H, W) -> [C, 1, crop, crop]."""
-        return self.transform(torch.from_numpy(frame.rgb).permute(2, 0, 1).unsqueeze(0))
+        """One uint8 frame as a one-frame video (T=1, C, H, W) -> [C, 1, crop, crop]; shrunk
+        first one channel at a time (same values, less memory)."""
+        image = resize_per_channel(torch.from_numpy(frame.rgb).permute(2, 0, 1).unsqueeze(0),
+                                   partial(resize, size=list(self.transform.resize_size),
+                                           interpolation=self.transform.interpolation,
+                                           antialias=False))
+        return self.transform(image)
 
 
 @register_extractor
