@@ -4,28 +4,34 @@ input), open the cluster, execute; or, for a dry run, say what would be done."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from vidfeat.jobs.cluster import ClusterSpec, open_client
 from vidfeat.jobs.jobfile import Job
-from vidfeat.pipeline.run import RunOptions, RunReport, execute, prepare_run
+from vidfeat.pipeline.run import RunOptions, RunReport, prepare_run, run_extraction
 
 #: videos listed one by one in a dry run's plan before "... and N more"
 PLAN_LISTED = 20
 
 
 def run_extract(sources: list[str], store: str | Path, options: RunOptions,
-                cluster: ClusterSpec | None = None) -> RunReport:
+                cluster: ClusterSpec | None = None, **run: Any) -> RunReport:
     """Extract ``options.features`` from the videos ``sources`` name into ``store`` on
-    ``cluster`` (a local cluster of 2 worker processes when None)."""
-    run = prepare_run(sources, store, options)
-    with open_client(cluster or ClusterSpec()) as client:
-        return execute(run, client)
+    ``cluster`` (a local cluster of 2 worker processes when None), as ``vidfeat extract`` does:
+    under the store's lock, with a run report, Ctrl-C handling; ``run``: the keywords of
+    ``vidfeat.pipeline.run.run_extraction`` (wait_lock, task_timeout, retry_failed, ...)."""
+    cluster = cluster or ClusterSpec()
+    return run_extraction(sources, store, options, partial(open_client, cluster), **run)
 
 
 def run_job(job: Job) -> RunReport:
     """Run a job on its cluster (not kubernetes: see ``submit_to_kubernetes``)."""
-    return run_extract(job.expanded_sources(), job.store, job.options(), job.cluster)
+    options = job.options()
+    return run_extract(job.expanded_sources(), job.store, options, job.cluster,
+                       configuration={"job": str(job.origin), "options": vars(options),
+                                      "cluster": repr(job.cluster)})
 
 
 def submit_to_kubernetes(job: Job) -> list[str]:
