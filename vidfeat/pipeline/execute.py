@@ -1,0 +1,370 @@
+"""Running a prepared run on a connected Dask client: probe tasks, planning into work units
+(packs of short videos, segments of long ones), submission with backpressure, stitching of
+split videos, indexing shards as tasks report, per-task timeouts and dead workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from vidfeat.errors import StoreFullError
+from vidfeat.extractors._api import get_extractor
+from vidfeat.pipeline.corpus import VideoSource
+from vidfeat.pipeline.engine import TaskReport
+from vidfeat.pipeline.plan import Task, WorkUnit, pack, segments, task_seconds
+from vidfeat.pipeline.prepare import PreparedRun, RunOptions, RunReport, shard_name
+from vidfeat.pipeline.worker import extractor_plugin
+from vidfeat.storage.index import StoreIndex
+from vidfeat.storage.schema import FeatureRecord, Outcome, VideoRecord
+from vidfeat.storage.writer import write_shard
+
+#: how often the driver looks at Ctrl-C and at tasks running past --task-timeout
+POLL_S = 0.5
+
+log = logging.getLogger(__name__)
+#: videos probed per probe task: enough to amortise the task overhead
+PROBES_PER_TASK = 16
+
+
+def _probe_videos(paths: list[str]) -> list[tuple[Any, str]]:
+    from vidfeat.media import probe
+
+    results = []
+    for path in paths:
+        try:
+            results.append((probe(path), ""))
+        except Exception as error:  # recorded for the video; the run goes on
+            from vidfeat.pipeline.records import reason_of
+
+            results.append((None, reason_of(error)))
+    return results
+
+
+def _frame_times(path: str) -> Any:
+    from vidfeat.media.timeline import frame_times
+
+    return frame_times(path)
+
+
+def _run_units(units: list[WorkUnit], store: str, plugin_name: str, options: RunOptions
+               ) -> TaskReport | StoreFullError:
+    from vidfeat.pipeline.engine import Engine
+    from vidfeat.pipeline.worker import worker_state
+
+    state = worker_state(plugin_name)
+    engine = Engine(state.pool, batch_size=options.batch_size, dtype=options.dtype,
+                    decoder=options.decoder, decoder_threads=state.torch_threads)
+    try:
+        return engine.run(units, store)
+    except StoreFullError as error:  # returned: the driver stops the run, the worker logs nothing
+        return error
+
+
+def _stitch(reports: list[TaskReport], modality: dict[str, str], store: str, dtype: str
+            ) -> TaskReport | StoreFullError:
+    from vidfeat.pipeline.stitch import stitch_and_write
+
+    try:
+        return stitch_and_write([part for report in reports for part in report.parts],
+                                modality, store, dtype)
+    except StoreFullError as error:
+        return error
+
+
+# ---- the driver ----------------------------------------------------------------------------
+def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = None,
+            task_timeout: float | None = None) -> RunReport:
+    """Extract ``run.todo`` on ``client``'s workers; every outcome lands in the report.
+
+    ``stop`` set (Ctrl-C): nothing more is submitted, the tasks in flight finish and are
+    indexed. ``task_timeout``: a task running longer is abandoned (its worker restarted) and
+    its videos recorded as failed. A full disk (StoreFullError) stops the run the same way,
+    then leaves the index matching the shards on disk, and is raised."""
+    from tqdm import tqdm
+
+    report = run.report
+    stop = stop or threading.Event()
+    started = time.perf_counter()
+    index = StoreIndex(run.store)
+    plugin_name = "vidfeat-" + hashlib.sha256(
+        repr(sorted(run.specs.items())).encode()).hexdigest()[:12]
+    workers = client.scheduler_info().get("workers", {})
+    slots_by_host: dict[str, int] = {}
+    for worker in workers.values():
+        slots_by_host[worker["host"]] = slots_by_host.get(worker["host"], 0) + worker["nthreads"]
+    slots = max(1, sum(slots_by_host.values()))
+    register_plugin(client, extractor_plugin(plugin_name, run.specs, run.options.device,
+                                              slots_by_host), plugin_name)
+    full: StoreFullError | None = None
+    indexed = set(index.shards())
+    try:
+        for rejected in run.rejected:
+            video = VideoSource(rejected.video_id, rejected.path)
+            shard, failures = _failure(video, list(run.specs), rejected.reason, run)
+            index.add_shard(shard)
+            indexed.add(shard)
+            report.add(failures)
+        with tqdm(total=len(run.todo), unit="video", disable=not run.options.progress,
+                  smoothing=0) as bar:
+            tasks = _plan(run, client, slots, index, report, bar)
+            for result in _run_tasks(client, run, tasks, plugin_name, stop, task_timeout):
+                if isinstance(result, StoreFullError):
+                    full, _ = full or result, stop.set()
+                    continue
+                if full is None:
+                    try:
+                        for shard in result.shards:
+                            index.add_shard(shard)
+                            indexed.add(shard)
+                    except StoreFullError as error:
+                        full, _ = error, stop.set()
+                report.add(result.outcomes, result.frames)
+                finished = {o.video_id for o in result.outcomes}
+                bar.update(len(finished))
+                elapsed = time.perf_counter() - started
+                bar.set_postfix(failed=len(report.failed_videos),
+                                fps=f"{report.frames / max(elapsed, 1e-9):.1f}", refresh=False)
+    except StoreFullError as error:
+        full = error
+    finally:
+        # a shared scheduler's workers must not keep this run's models in memory
+        with contextlib.suppress(Exception):
+            client.unregister_worker_plugin(plugin_name)
+    report.seconds = time.perf_counter() - started
+    report.interrupted = stop.is_set() and full is None
+    if full is not None:
+        _remove_unindexed(index, indexed)
+        raise full
+    return report
+
+
+def register_plugin(client: Any, plugin: object, name: str, tries: int = 3) -> None:
+    """A worker dying while the plugin is broadcast fails the registration, although the
+    scheduler keeps the plugin for the workers that come: try again."""
+    for attempt in range(tries):
+        try:
+            client.register_plugin(plugin, name=name)
+            return
+        except OSError:  # distributed's CommClosedError
+            if attempt == tries - 1:
+                raise
+            time.sleep(1.0)
+
+
+def _remove_unindexed(index: StoreIndex, indexed: set[str]) -> None:
+    """After a full disk: the shards this run wrote but could not index are removed (the
+    rerun extracts them again), so that the store verifies. The index itself may not even
+    open on a full disk (SQLite's shared memory file), hence ``indexed``, kept by the driver;
+    under the run lock, and with the tasks in flight drained, no one else writes shards."""
+    for relpath in sorted(set(index.shard_files()) - indexed):
+        (index.directory / relpath).unlink(missing_ok=True)
+        log.debug("removed %s: written, but the full disk kept it out of the index", relpath)
+
+
+def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: RunReport,
+          bar: Any) -> list[Task | list[WorkUnit]]:
+    """Probe the videos on the workers, then cut the work into tasks: packs of units, and one
+    task per segment of a long video (a list of WorkUnit of length one, see _run_tasks)."""
+    paths = [video.path for video, _ in run.todo]
+    chunks = [paths[i:i + PROBES_PER_TASK] for i in range(0, len(paths), PROBES_PER_TASK)]
+    probed = [item for chunk, future in zip(chunks, client.map(_probe_videos, chunks,
+                                                                pure=False), strict=True)
+              for item in _probe_results(chunk, future)]
+    modality = {name: get_extractor(name).modality for name in run.specs}
+    units: list[WorkUnit] = []
+    total = sum(info.duration for info, _ in probed if info is not None)
+    seconds = task_seconds(total, slots, run.options.segment_seconds)
+    long_videos = []
+    for (video, names), (info, error) in zip(run.todo, probed, strict=True):
+        if info is None:
+            failure = _failure(video, names, error, run)
+            index.add_shard(failure[0])
+            report.add(failure[1])
+            bar.update(1)
+            continue
+        for kind in ("visual", "audio"):
+            features = tuple(n for n in names if (modality[n] == "audio") == (kind == "audio"))
+            if not features:
+                continue
+            unit = WorkUnit(video, kind, features,  # type: ignore[arg-type]
+                            shard_name(video.video_id, kind, [run.hashes[n] for n in features]),
+                            info)
+            if kind == "visual" and info.has_video and info.duration > 1.5 * seconds:
+                long_videos.append(unit)
+            else:
+                units.append(unit)
+    tasks: list[Task | list[WorkUnit]] = list(pack(units, seconds))
+    times = client.gather(client.map(_frame_times, [u.video.path for u in long_videos],
+                                     pure=False))
+    for unit, frame_times in zip(long_videos, times, strict=True):
+        align, longest = _clip_alignment(run, unit.features)
+        for segment in segments(frame_times, seconds, align, longest):
+            tasks.append([WorkUnit(unit.video, unit.kind, unit.features, unit.shard_name,
+                                   unit.info, segment)])
+    # the longest work first, so the stragglers at the end of a run are short
+    return sorted(tasks, key=lambda t: -(t.seconds if isinstance(t, Task) else t[0].seconds))
+
+
+def _probe_results(paths: list[str], future: Any) -> list[tuple[Any, str]]:
+    """A probe task whose workers kept dying (KilledWorker) fails its videos, not the run."""
+    try:
+        return future.result()
+    except Exception as error:
+        reason = f"probe task died: {type(error).__name__}: {error}".splitlines()[0]
+        return [(None, reason) for _ in paths]
+
+
+def _clip_alignment(run: PreparedRun, features: tuple[str, ...]) -> tuple[int, int]:
+    """Segment starts must be clip starts of every clip feature: a multiple of each stride."""
+    import math
+
+    align, longest = 1, 0
+    for name in features:
+        options = run.specs[name].describe().options()
+        if "stride" in options and "clip_len" in options:
+            align = math.lcm(align, int(options["stride"]))
+            longest = max(longest, int(options["clip_len"]))
+    return align, longest
+
+
+def _failure(video: VideoSource, names: list[str], reason: str, run: PreparedRun
+             ) -> tuple[str, list[Outcome]]:
+    """A video whose task never reported, or that cannot be probed, still leaves its failure
+    in the store."""
+    records = [FeatureRecord(name, "failed", reason=reason) for name in names]
+    attrs = {"source_path": video.path, "video_id": video.video_id}
+    kinds = sorted({"audio" if get_extractor(n).modality == "audio" else "visual"
+                    for n in names})
+    shard = write_shard(run.store, shard_name(video.video_id, "+".join(kinds),
+                                               [run.hashes[n] for n in names]),
+                        [VideoRecord(video.video_id, attrs, records)], dtype=run.options.dtype)
+    return shard, [Outcome(video.video_id, r.feature, "failed", reason, source_path=video.path)
+                   for r in records]
+
+
+def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]],
+               plugin_name: str, stop: threading.Event, task_timeout: float | None = None
+               ) -> Iterator[TaskReport | StoreFullError]:
+    """Run ``tasks`` with about two per worker thread in flight (a new one is submitted as
+    each finishes); a long video's segments are stitched once all are done. A task that dies
+    (worker killed, crash) or times out still yields a report and leaves its failures in the
+    store; one that met a full disk yields its StoreFullError. Once ``stop`` is set nothing
+    more is submitted and the tasks in flight are waited for."""
+    from distributed import wait
+
+    store = str(run.store)
+    modality = {name: get_extractor(name).modality for name in run.specs}
+    queue = list(reversed(tasks))
+    in_flight: dict[Any, list[WorkUnit]] = {}
+    segments_done: dict[str, list[Any]] = {}  # shard name -> finished segment futures
+    broken: set[str] = set()
+    stitches: set[Any] = set()
+    watch = _TaskWatch(client, task_timeout)
+
+    def submit(units: list[WorkUnit]) -> None:
+        key = f"vidfeat-{units[0].video.video_id}-{time.time_ns()}"
+        future = client.submit(_run_units, units, store, plugin_name, run.options,
+                               pure=False, key=key,
+                               resources=run.options.model_resources or None)
+        in_flight[future] = units
+
+    def submit_next() -> None:
+        if queue and not stop.is_set():
+            task = queue.pop()
+            submit(task.units if isinstance(task, Task) else task)
+
+    for _ in range(min(max(2, 2 * sum(client.nthreads().values())), len(queue))):
+        submit_next()
+    while in_flight:
+        try:
+            done = wait(list(in_flight), timeout=POLL_S, return_when="FIRST_COMPLETED").done
+        except TimeoutError:
+            done = set()
+        for future in watch.expired(in_flight, done):
+            units = in_flight.pop(future)
+            yield _died_or_full(units, f"timed out after {task_timeout:g} s", run, broken)
+            submit_next()
+        for future in done:
+            units = in_flight.pop(future)
+            segment = units[0].segment if len(units) == 1 else None
+            if future.status == "error":
+                error = future.exception()
+                reason = f"task died: {type(error).__name__}: {error}".splitlines()[0]
+                yield _died_or_full(units, reason, run, broken)
+            elif segment is not None and future not in stitches:
+                name = units[0].shard_name
+                if name not in broken:
+                    finished = segments_done.setdefault(name, [])
+                    finished.append(future)
+                    if len(finished) == segment.count and not stop.is_set():
+                        del segments_done[name]
+                        stitched = client.submit(_stitch, finished, modality, store,
+                                                 run.options.dtype, pure=False,
+                                                 key=f"vidfeat-stitch-{time.time_ns()}")
+                        stitches.add(stitched)
+                        in_flight[stitched] = units
+                        continue  # the stitch takes this slot
+            else:
+                stitches.discard(future)
+                yield future.result()  # a TaskReport, or the StoreFullError a task met
+            submit_next()
+
+
+class _TaskWatch:
+    """Which tasks have run longer than ``timeout`` on a worker (time in the scheduler's
+    queue excluded); those are cancelled and their worker restarted, since a thread stuck in a
+    decode cannot be stopped any other way."""
+
+    def __init__(self, client: Any, timeout: float | None) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.running_since: dict[str, tuple[float, str]] = {}  # key -> (start, worker)
+
+    def expired(self, in_flight: dict[Any, list[WorkUnit]], done: set[Any]) -> list[Any]:
+        if not self.timeout:
+            return []
+        now = time.monotonic()
+        for worker, keys in self.client.processing().items():
+            for key in keys:
+                self.running_since.setdefault(str(key), (now, worker))
+        expired = [future for future in in_flight if future not in done
+                   and now - self.running_since.get(future.key, (now, ""))[0] > self.timeout]
+        stuck_workers = {self.running_since[future.key][1] for future in expired}
+        if expired:
+            self.client.cancel(expired, force=True)
+            try:
+                self.client.restart_workers(sorted(stuck_workers), timeout=30)
+            except Exception as error:  # the scheduler drops it when it stops answering
+                log.warning("could not restart the stuck worker(s) %s: %s",
+                            sorted(stuck_workers), error)
+        return expired
+
+
+def _died_or_full(units: list[WorkUnit], reason: str, run: PreparedRun, broken: set[str]
+                  ) -> TaskReport | StoreFullError:
+    try:
+        return _died(units, reason, run, broken)
+    except StoreFullError as error:
+        return error
+
+
+def _died(units: list[WorkUnit], reason: str, run: PreparedRun, broken: set[str]
+          ) -> TaskReport:
+    report = TaskReport()
+    for unit in units:
+        if unit.shard_name in broken:
+            continue
+        if unit.segment is not None:
+            broken.add(unit.shard_name)
+        shard, failures = _failure(unit.video, list(unit.features), reason, run)
+        report.shards.append(shard)
+        report.outcomes += failures
+    return report
+
+

@@ -1,0 +1,255 @@
+"""Deciding what a run extracts, before any worker starts: the run's options, its report
+(one ``Outcome`` per video and feature), and ``prepare_run``, which validates everything, takes
+the store's run lock and compares each video with the store.
+
+Exit codes (see README): 0 every requested feature is in the store (a video without audio has
+its vggish recorded as skipped), 1 some videos or features failed (each with its reason in the
+store and the report), 2 bad usage or configuration (nothing was extracted), 3 the run itself
+broke (cluster unreachable, store unwritable or full, store locked by another run), 130 the
+run was interrupted (Ctrl-C) after indexing what finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vidfeat.errors import ConfigError
+from vidfeat.extractors._api import check_precision
+from vidfeat.extractors.pool import ExtractorSpec, resolve_device
+from vidfeat.media import check_decoder
+from vidfeat.pipeline.corpus import Rejected, VideoSource, fingerprint, scan
+from vidfeat.storage.index import StoreIndex
+from vidfeat.storage.lock import StoreLock
+from vidfeat.storage.schema import SHARD_DIR, Outcome
+from vidfeat.storage.writer import TEMP_SUFFIX, create_store
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_BROKEN = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+RESUME_HINT = "rerun the same command to resume"
+
+
+@dataclass
+class RunOptions:
+    features: list[str] = field(default_factory=lambda: ["resnet152", "c3d", "vggish"])
+    device: str = "auto"
+    weights_dir: str | None = None
+    random_weights: bool = False
+    weights_files: dict[str, str] = field(default_factory=dict)
+    extractor_options: dict[str, dict] = field(default_factory=dict)
+    dtype: str = "float16"
+    batch_size: int = 16
+    precision: str = "fp32"
+    decoder: str = "pyav"
+    #: media seconds per task (and per segment of a long video); None: sized by the corpus
+    segment_seconds: float | None = None
+    #: Dask worker resources a model task needs, e.g. {"GPU": 1}: model tasks then run only
+    #: on workers declaring them, while probing and stitching run anywhere
+    model_resources: dict[str, float] = field(default_factory=dict)
+    overwrite: bool = False
+    limit: int | None = None
+    progress: bool = True
+
+    def check(self) -> None:
+        if not self.features:
+            raise ConfigError("--features names no extractor")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.dtype not in ("float16", "float32"):
+            raise ConfigError(f"--dtype must be float16 or float32, got {self.dtype!r}")
+        check_decoder(self.decoder)
+        if self.segment_seconds is not None and self.segment_seconds <= 0:
+            raise ConfigError(f"segment seconds must be positive, got {self.segment_seconds}")
+        check_precision(self.precision)
+
+
+@dataclass
+class RunReport:
+    videos: int = 0
+    up_to_date: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+    random_weights: bool = False
+    #: Ctrl-C stopped the run: what finished is indexed, the rest is done by a rerun
+    interrupted: bool = False
+
+    def add(self, outcomes: list[Outcome], frames: int = 0) -> None:
+        self.outcomes += outcomes
+        self.frames += frames
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def failed_videos(self) -> set[str]:
+        return {o.video_id for o in self.failed}
+
+    @property
+    def extracted(self) -> int:
+        done = {o.video_id for o in self.outcomes if o.status != "up_to_date"}
+        return len(done - self.failed_videos)
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILURES if self.failed else EXIT_OK
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.videos} videos: {self.extracted} extracted, {self.up_to_date} already up to "
+            f"date, {len(self.failed_videos)} with failures; {self.frames} frames decoded in "
+            f"{self.seconds:.1f} s ({self.frames / max(self.seconds, 1e-9):.1f} frames/s)"
+        ]
+        # skips repeat on a large corpus (every silent video): one line per feature and reason
+        skips: dict[tuple[str, str], list[str]] = {}
+        for outcome in self.outcomes:
+            if outcome.status == "skipped":
+                skips.setdefault((outcome.feature, outcome.reason), []).append(outcome.video_id)
+        lines += [f"  skipped {feature} for {len(videos)} videos: {reason} "
+                  f"(e.g. {', '.join(videos[:3])})" for (feature, reason), videos in skips.items()]
+        lines += [f"  FAILED {o.video_id} {o.feature}: {o.reason}" for o in self.failed]
+        if self.random_weights:
+            lines.append("WARNING: RANDOM WEIGHTS were used: these are not real features")
+        if self.interrupted:
+            lines.append(f"interrupted: what finished is stored; {RESUME_HINT}")
+        return "\n".join(lines)
+
+
+@dataclass
+class PreparedRun:
+    """A validated run: what to extract from which videos, before any worker exists."""
+
+    store: Path
+    options: RunOptions
+    specs: dict[str, ExtractorSpec]
+    hashes: dict[str, str]
+    todo: list[tuple[VideoSource, list[str]]]
+    report: RunReport
+    #: paths that are no regular files: recorded as failed by ``execute``
+    rejected: list[Rejected] = field(default_factory=list)
+    lock: StoreLock | None = None
+
+    def release(self) -> None:
+        """Give back the store's run lock (when ``prepare_run`` took it)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def _specs(options: RunOptions) -> dict[str, ExtractorSpec]:
+    unknown = set(options.weights_files) - set(options.features)
+    unknown |= set(options.extractor_options) - set(options.features)
+    if unknown:
+        raise ConfigError(f"options given for extractors not in --features: {sorted(unknown)}")
+    specs = {}
+    for name in options.features:
+        extractor_options = dict(options.extractor_options.get(name, {}))
+        # precision is a run option that a feature may override: --set c3d.precision=bf16
+        precision = check_precision(extractor_options.pop("precision", options.precision))
+        specs[name] = ExtractorSpec(name, extractor_options, options.weights_files.get(name),
+                                    options.random_weights, options.weights_dir, precision)
+    return specs
+
+
+def shard_name(video_id: str, kind: str, config_hashes: list[str]) -> str:
+    # a short fan-out directory keeps any one directory small on a large corpus
+    bucket = hashlib.sha1(video_id.encode()).hexdigest()[:2]
+    combined = hashlib.sha256("".join(config_hashes).encode()).hexdigest()[:10]
+    return f"{bucket}/{video_id}.{kind}.{combined}"
+
+
+def _features_to_extract(video: VideoSource, index: StoreIndex, hashes: dict[str, str]
+                         ) -> list[str]:
+    """The requested features the store lacks for this video's current content and config."""
+    known = index.video(video.video_id)
+    if known is None:
+        return list(hashes)
+    attrs = known.get("attrs", {})
+    stat = os.stat(video.path)
+    unchanged_file = (attrs.get("source_path") == video.path
+                      and attrs.get("file_size") == stat.st_size
+                      and attrs.get("file_mtime_ns") == stat.st_mtime_ns)
+    if not unchanged_file and fingerprint(video.path) != known.get("fingerprint"):
+        if attrs.get("source_path") not in (None, video.path):
+            raise ConfigError(
+                f"video id collision: {video.path} is {video.video_id!r}, which the store "
+                f"already holds for {attrs.get('source_path')}"
+            )
+        return list(hashes)  # the file changed: everything again
+    present = index.video_features(video.video_id)
+    return [name for name, config_hash in hashes.items()
+            if name not in present or present[name].status == "failed"
+            or present[name].config_hash != config_hash]
+
+
+def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
+                lock: bool = False, wait_lock: float | None = 0.0,
+                retry_failed: bool = False) -> PreparedRun:
+    """Validate everything and decide what each video needs; creates the store.
+
+    ``lock``: take the store's run lock (``wait_lock`` seconds to wait for another run, None:
+    forever) before reading the index; the caller releases it (``PreparedRun.release``).
+    ``retry_failed``: only the features the index records as failed for these videos."""
+    options.check()
+    corpus = scan(sources, options.limit)
+    videos = corpus.videos
+    specs = _specs(options)
+    if options.device != "auto":
+        resolve_device(options.device)  # refuse --device cuda on a machine without one now
+    hashes = {name: s.describe().config_hash() for name, s in specs.items()}
+    store = create_store(store)
+    held = StoreLock(store, wait=wait_lock) if lock else None
+    if held is not None:
+        held.acquire()
+    try:
+        if held is not None:  # a killed worker's; the lock says no run is writing
+            remove_temporary_files(store)
+        index = StoreIndex(store)
+        index.add_unindexed()  # a killed driver's finished work is not done again
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+    report = RunReport(videos=len(videos) + len(corpus.rejected),
+                       random_weights=options.random_weights)
+    todo = []
+    for video in videos:
+        try:
+            if retry_failed:
+                names = _failed_features(video, index, hashes)
+                if not names:
+                    report.videos -= 1  # not listed as failed: not part of this run
+                    continue
+            else:
+                names = list(hashes) if options.overwrite else _features_to_extract(
+                    video, index, hashes)
+        except ConfigError as error:
+            report.add([Outcome(video.video_id, name, "failed", str(error),
+                                source_path=video.path) for name in hashes])
+            continue
+        if names:
+            todo.append((video, names))
+        else:
+            report.up_to_date += 1
+            report.add([Outcome(video.video_id, name, "up_to_date", source_path=video.path)
+                        for name in hashes])
+    return PreparedRun(store, options, specs, hashes, todo, report, corpus.rejected, held)
+
+
+def _failed_features(video: VideoSource, index: StoreIndex, hashes: dict[str, str]
+                     ) -> list[str]:
+    present = index.video_features(video.video_id)
+    return [name for name in hashes if name in present and present[name].status == "failed"]
+
+
+def remove_temporary_files(store: Path) -> None:
+    for temp in (store / SHARD_DIR).rglob(f"*{TEMP_SUFFIX}"):
+        temp.unlink(missing_ok=True)
+
+
+# ---- tasks run on workers ------------------------------------------------------------------
