@@ -10,8 +10,9 @@ Corpus (made with ffmpeg, H.264 + AAC, 30 fps; durations times --scale): 6 x 60 
   precision, all cores) over as many inputs as vidfeat computes;
 - for ResNet-152 alone, the seed's JPEG path: ffmpeg writes every frame as JPEG, as many frames
   as vidfeat samples (1 fps) are read back with PIL, ResNet-152 at batch 1, fp32;
-- `vidfeat extract` at each worker count (a fresh store; random weights), wall time and the
-  peak RSS of each worker process;
+- `vidfeat extract` at each worker count (a fresh store; random weights; each model's default
+  batch size, the same as the model limit's), wall time and the peak RSS of each worker
+  process;
 and the ratios limit / vidfeat and seed / vidfeat. Random weights: the speed is the same.
 """
 
@@ -130,8 +131,7 @@ def run_vidfeat(corpus: Path, store: Path, features: list[str], workers: int, pr
                 ) -> tuple[float, list[float]]:
     command = [sys.executable, "-m", "vidfeat", "extract", str(corpus), "--store", str(store),
                "--features", ",".join(features), "--workers", str(workers), "--random-weights",
-               "--no-progress", "--precision", precision, "--dtype", "float32",
-               "--batch-size", "32"]
+               "--no-progress", "--precision", precision, "--dtype", "float32"]
     peaks: dict[int, float] = {}
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -328,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="extractor option, e.g. resnet152.fps=2 or c3d.layer=fc7")
     extract.add_argument("--limit", type=int, help="only the first N videos")
     extract.add_argument("--dtype", help="stored dtype: float16 (default) or float32")
-    extract.add_argument("--batch-size", type=int, help="model inputs per batch (default 16)")
+    extract.add_argument("--batch-size", type=int,
+                         help="model inputs per batch (default: each model's own: resnet152 "
+                              "32, c3d and the video models 8, vggish 64)")
     extract.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                          help="model precision (fp32: reference-exact; recorded per feature)")
     extract.add_argument("--decoder", choices=["pyav", "decord", "torchcodec"],

@@ -70,6 +70,9 @@ class Extractor(ABC):
     name: ClassVar[str]
     modality: ClassVar[Modality]
     default_weights: ClassVar[str]  # a name in extractors.weights.REGISTRY
+    #: inputs per model batch unless the run sets one: large enough to keep the model busy,
+    #: small enough that a batch's activations stay well under a GB
+    batch_size: ClassVar[int] = 16
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")

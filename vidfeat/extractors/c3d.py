@@ -106,6 +106,7 @@ class C3DExtractor(Extractor):
     name = "c3d"
     modality = "clips"
     default_weights = "c3d-sports1m"
+    batch_size = 8
 
     def __init__(self, *, layer: str | None = None, stride: int = CLIP_LEN,
                  mean_file: str | Path | None = None, pca: bool = False) -> None:

@@ -50,6 +50,7 @@ class ResNet152Extractor(Extractor):
     name = "resnet152"
     modality = "frames"
     default_weights = "resnet152-imagenet1k-v1"
+    batch_size = 32
 
     def __init__(self, *, weights_version: str = "v1", fps: float | None = None,
                  frames: int | None = None) -> None:

@@ -173,6 +173,7 @@ class VGGish(Extractor):
     name = "vggish"
     modality = "audio"
     default_weights = "vggish-audioset"
+    batch_size = 64
 
     def __init__(self, *, hop: float = 0.96, relu: bool = False, postprocess: bool = False,
                  pad_short: bool = True) -> None:

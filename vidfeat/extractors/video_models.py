@@ -39,6 +39,7 @@ class _TorchvisionVideoExtractor(Extractor):
     """Clips of ``clip_len`` consecutive frames, a new one every ``stride`` frames."""
 
     modality = "clips"
+    batch_size = 8
     feature_node: ClassVar[str]  # the traced graph node whose output the feature is made of
     resize_size: ClassVar[tuple[int, int]]
     crop_size: ClassVar[tuple[int, int]]

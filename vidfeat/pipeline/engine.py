@@ -87,7 +87,8 @@ class _Unit:
 class Engine:
     """Runs tasks in one worker process with that process's extractor pool."""
 
-    def __init__(self, pool: ExtractorPool, *, batch_size: int = 16, dtype: str = "float16",
+    def __init__(self, pool: ExtractorPool, *, batch_size: int | None = None,
+                 dtype: str = "float16",
                  decoder: str = "pyav", decoder_threads: int | None = None,
                  queue_items: int | None = None) -> None:
         self.pool = pool
@@ -95,7 +96,7 @@ class Engine:
         self.batch_size = batch_size
         self.dtype = dtype
         self.decoder = decoder
-        self.queue_items = queue_items or 2 * batch_size
+        self.queue_items = queue_items
 
     def run(self, units: list[WorkUnit], store: str) -> TaskReport:
         started = time.perf_counter()
@@ -110,7 +111,12 @@ class Engine:
                     features[name] = _Feature(None, failure=FeatureRecord(  # type: ignore[arg-type]
                         name, "failed", reason=reason_of(error)))
             states.append(_Unit(unit, features))
-        messages: queue.Queue = queue.Queue(maxsize=self.queue_items)
+        sizes = {name: self.batch_size or feature.extractor.batch_size
+                 for state in states for name, feature in state.features.items()
+                 if feature.extractor is not None}
+        # room for the next batch of every model while the current one runs
+        messages: queue.Queue = queue.Queue(
+            maxsize=self.queue_items or 2 * max(sizes.values(), default=16))
         decoder = threading.Thread(target=self._decode_all, args=(states, messages),
                                    name="vidfeat-decode", daemon=True)
         decoder.start()
@@ -123,7 +129,7 @@ class Engine:
                 batch = batches.setdefault(name, [])
                 batch.append((state, item))
                 state.features[name].queued += 1
-                if len(batch) >= self.batch_size:
+                if len(batch) >= sizes[name]:
                     self._embed(name, batch)
                     batch.clear()
             self._finish_done(states, store, report)

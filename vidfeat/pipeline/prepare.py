@@ -40,7 +40,7 @@ class RunOptions:
     weights_files: dict[str, str] = field(default_factory=dict)
     extractor_options: dict[str, dict] = field(default_factory=dict)
     dtype: str = "float16"
-    batch_size: int = 16
+    batch_size: int | None = None  # None: each model's own (Extractor.batch_size)
     precision: str = "fp32"
     decoder: str = "pyav"
     #: media seconds per task (and per segment of a long video); None: sized by the corpus
@@ -55,7 +55,7 @@ class RunOptions:
     def check(self) -> None:
         if not self.features:
             raise ConfigError("--features names no extractor")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.dtype not in ("float16", "float32"):
             raise ConfigError(f"--dtype must be float16 or float32, got {self.dtype!r}")
