@@ -24,12 +24,11 @@ REPEATS = 3
 
 
 def _model_seconds(pool: ExtractorPool, path: str, store: str) -> float:
-    """The best of a few runs of one task: the model's share of each."""
+    """One task's model time (the engine's share of each batch)."""
     unit = WorkUnit(VideoSource("speed", path), "visual", ("resnet152",), "xx/speed",
                     probe(path))
     engine = Engine(pool, batch_size=8, dtype="float32")
-    return min(sum(o.seconds for o in engine.run([unit], store).outcomes)
-               for _ in range(REPEATS))
+    return sum(o.seconds for o in engine.run([unit], store).outcomes)
 
 
 def _on_worker(path: str, store: str) -> tuple[float, int]:
@@ -43,13 +42,19 @@ def test_worker_process_runs_the_model_as_fast_as_the_driver(tmp_path: Path) -> 
     store = str(create_store(tmp_path / "store"))
     threads = available_cores()
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        in_process = _model_seconds(ExtractorPool(SPECS, "cpu"), path, store)
-    finally:
-        torch.set_num_threads(previous)
+    pool = ExtractorPool(SPECS, "cpu")
+    in_process, on_worker = [], []
     with local_client(workers=1) as client:
         client.register_plugin(extractor_plugin("speed-test", SPECS, "cpu", {}))
-        on_worker, worker_threads = client.submit(_on_worker, path, store, pure=False).result()
+        # alternated, so that whatever else the machine does weighs on both alike
+        for _ in range(REPEATS):
+            torch.set_num_threads(threads)
+            try:
+                in_process.append(_model_seconds(pool, path, store))
+            finally:
+                torch.set_num_threads(previous)
+            seconds, worker_threads = client.submit(_on_worker, path, store,
+                                                    pure=False).result()
+            on_worker.append(seconds)
     assert worker_threads == threads
-    assert on_worker <= 1.15 * in_process, (on_worker, in_process)
+    assert min(on_worker) <= 1.15 * min(in_process), (on_worker, in_process)

@@ -251,10 +251,11 @@ def _failure(video: VideoSource, names: list[str], reason: str, run: PreparedRun
 def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]],
                plugin_name: str, stop: threading.Event, task_timeout: float | None = None
                ) -> Iterator[TaskReport | StoreFullError]:
-    """Run ``tasks`` with about two per worker thread in flight (a new one is submitted as
-    each finishes); a long video's segments are stitched once all are done. A task that dies
+    """Run ``tasks`` with one per worker thread in flight (a new one is submitted as each
+    finishes); a long video's segments are stitched once all are done. A task that dies
     (worker killed, crash) or times out still yields a report and leaves its failures in the
-    store; one that met a full disk yields its StoreFullError. Once ``stop`` is set nothing
+    store; one that met a full disk yields its StoreFullError. A pack of several videos that
+    dies or times out is split: each video is tried again alone. Once ``stop`` is set nothing
     more is submitted and the tasks in flight are waited for."""
     from distributed import wait
 
@@ -279,7 +280,10 @@ def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]]
             task = queue.pop()
             submit(task.units if isinstance(task, Task) else task)
 
-    for _ in range(min(max(2, 2 * sum(client.nthreads().values())), len(queue))):
+    # one task per task slot: a task waiting on a worker would share the fate of the one
+    # running there (a worker killed by one video's out-of-memory counts against every task
+    # it holds); tasks are long, so the round trip to submit the next one costs nothing
+    for _ in range(min(max(1, sum(client.nthreads().values())), len(queue))):
         submit_next()
     while in_flight:
         try:
@@ -288,12 +292,19 @@ def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]]
             done = set()
         for future in watch.expired(in_flight, done):
             units = in_flight.pop(future)
-            yield _died_or_full(units, f"timed out after {task_timeout:g} s", run, broken)
+            if len(units) > 1:  # a pack: each video again on its own, so one hang is one
+                queue.extend([unit] for unit in units)
+            else:
+                yield _died_or_full(units, f"timed out after {task_timeout:g} s", run, broken)
             submit_next()
         for future in done:
             units = in_flight.pop(future)
             segment = units[0].segment if len(units) == 1 else None
-            if future.status == "error":
+            if future.status == "error" and len(units) > 1:
+                # a pack whose worker died: one video may be the cause (out of memory); each
+                # goes again alone, and only the one that dies again is recorded as failed
+                queue.extend([unit] for unit in units)
+            elif future.status == "error":
                 error = future.exception()
                 reason = f"task died: {type(error).__name__}: {error}".splitlines()[0]
                 yield _died_or_full(units, reason, run, broken)
