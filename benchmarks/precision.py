@@ -1,6 +1,7 @@
 """Speed and error of each model precision per extractor, measured in one run.
 
     python benchmarks/precision.py [--precisions fp32,bf16,fp16] [--batches 3]
+        [--extractors resnet152,c3d,vggish]
 
 Each extractor (random weights, seeded) embeds the same batches of model inputs made from a
 real decoded video (testsrc2, preprocessed by the extractor's own samplers) at each precision
@@ -51,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--precisions", default="fp32,bf16,fp16")
     parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--extractors", default=",".join(BATCH))
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as scratch:
@@ -59,7 +61,7 @@ def main() -> None:
                         "testsrc2=size=640x360:rate=30", "-f", "lavfi", "-t", "60", "-i",
                         "sine=frequency=440", "-c:v", "libx264", "-pix_fmt", "yuv420p",
                         "-c:a", "aac", "-shortest", str(video)], check=True)
-        for name in BATCH:
+        for name in args.extractors.split(","):
             batch = inputs(name, video, args.batches)
             reference = None
             for precision in args.precisions.split(","):
