@@ -196,11 +196,7 @@ class Engine:
         state.attrs = {"source_path": unit.video.path, "video_id": unit.video.video_id}
         try:
             info = unit.info
-            if info is None:
-                raise VidfeatError(unit.error or f"{unit.video.path}: cannot be probed")
-            stat = os.stat(unit.video.path)
-            state.attrs.update(info.as_attrs(), fingerprint=fingerprint(unit.video.path),
-                               file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns)
+            state.attrs.update(unit.attrs or video_attrs(unit.video.path, info))
             if not live:
                 return
             if unit.kind == "visual" and not info.has_video:
@@ -288,6 +284,14 @@ def _frames(info: MediaInfo, segment: Segment | None, decoder: str, threads: int
     stop = None if math.isinf(segment.decode_stop_time) else segment.decode_stop_time
     return iter_frames(info, decoder=decoder, threads=threads, start_time=segment.start_time,
                        stop_time=stop, first_index=segment.start_frame)
+
+
+def video_attrs(path: str, info: MediaInfo) -> dict[str, Any]:
+    """What the store keeps about a video file: its probe facts, content fingerprint, size and
+    modification time (the rerun's "unchanged file" test)."""
+    stat = os.stat(path)
+    return {**info.as_attrs(), "fingerprint": fingerprint(path), "file_size": stat.st_size,
+            "file_mtime_ns": stat.st_mtime_ns}
 
 
 def _record(feature: _Feature, unit: WorkUnit) -> FeatureRecord:

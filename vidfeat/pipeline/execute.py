@@ -6,8 +6,10 @@ split videos, indexing shards as tasks report, per-task timeouts and dead worker
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -16,9 +18,10 @@ from typing import Any
 from vidfeat.errors import StoreFullError
 from vidfeat.extractors._api import get_extractor
 from vidfeat.pipeline.corpus import VideoSource
-from vidfeat.pipeline.engine import TaskReport
+from vidfeat.pipeline.engine import TaskReport, video_attrs
 from vidfeat.pipeline.plan import Task, WorkUnit, pack, segments, task_seconds
 from vidfeat.pipeline.prepare import PreparedRun, RunOptions, RunReport, shard_name
+from vidfeat.pipeline.records import reason_of
 from vidfeat.pipeline.worker import extractor_plugin
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.schema import FeatureRecord, Outcome, VideoRecord
@@ -32,17 +35,18 @@ log = logging.getLogger(__name__)
 PROBES_PER_TASK = 16
 
 
-def _probe_videos(paths: list[str]) -> list[tuple[Any, str]]:
+def _probe_videos(paths: list[str]) -> list[tuple[Any, dict | None, str]]:
+    """Each video's probe facts and store attributes (fingerprinted here, once per video, not
+    by each of its units or segments), or why it cannot be read."""
     from vidfeat.media import probe
 
-    results = []
+    results: list[tuple[Any, dict | None, str]] = []
     for path in paths:
         try:
-            results.append((probe(path), ""))
+            info = probe(path)
+            results.append((info, video_attrs(path, info), ""))
         except Exception as error:  # recorded for the video; the run goes on
-            from vidfeat.pipeline.records import reason_of
-
-            results.append((None, reason_of(error)))
+            results.append((None, None, reason_of(error)))
     return results
 
 
@@ -178,10 +182,11 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
               for item in _probe_results(chunk, future)]
     modality = {name: get_extractor(name).modality for name in run.specs}
     units: list[WorkUnit] = []
-    total = sum(info.duration for info, _ in probed if info is not None)
+    total = sum(info.duration for info, _, _ in probed if info is not None)
     seconds = task_seconds(total, slots, run.options.segment_seconds)
     long_videos = []
-    for (video, names), (info, error) in zip(run.todo, probed, strict=True):
+    alignment = _clip_alignment(run)
+    for (video, names), (info, attrs, error) in zip(run.todo, probed, strict=True):
         if info is None:
             failure = _failure(video, names, error, run)
             index.add_shard(failure[0])
@@ -194,7 +199,7 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
                 continue
             unit = WorkUnit(video, kind, features,  # type: ignore[arg-type]
                             shard_name(video.video_id, kind, [run.hashes[n] for n in features]),
-                            info)
+                            info, attrs=attrs)
             if kind == "visual" and info.has_video and info.duration > 1.5 * seconds:
                 long_videos.append(unit)
             else:
@@ -203,30 +208,28 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
     times = client.gather(client.map(_frame_times, [u.video.path for u in long_videos],
                                      pure=False))
     for unit, frame_times in zip(long_videos, times, strict=True):
-        align, longest = _clip_alignment(run, unit.features)
-        for segment in segments(frame_times, seconds, align, longest):
-            tasks.append([WorkUnit(unit.video, unit.kind, unit.features, unit.shard_name,
-                                   unit.info, segment)])
+        for segment in segments(frame_times, seconds, *alignment):
+            tasks.append([dataclasses.replace(unit, segment=segment)])
     # the longest work first, so the stragglers at the end of a run are short
     return sorted(tasks, key=lambda t: -(t.seconds if isinstance(t, Task) else t[0].seconds))
 
 
-def _probe_results(paths: list[str], future: Any) -> list[tuple[Any, str]]:
+def _probe_results(paths: list[str], future: Any) -> list[tuple[Any, dict | None, str]]:
     """A probe task whose workers kept dying (KilledWorker) fails its videos, not the run."""
     try:
         return future.result()
     except Exception as error:
         reason = f"probe task died: {type(error).__name__}: {error}".splitlines()[0]
-        return [(None, reason) for _ in paths]
+        return [(None, None, reason) for _ in paths]
 
 
-def _clip_alignment(run: PreparedRun, features: tuple[str, ...]) -> tuple[int, int]:
-    """Segment starts must be clip starts of every clip feature: a multiple of each stride."""
-    import math
-
+def _clip_alignment(run: PreparedRun) -> tuple[int, int]:
+    """Segment starts must be clip starts of every clip feature: a multiple of each stride;
+    and the longest clip, which a segment's decode runs past its end for. From the options
+    alone (building an extractor loads no weights)."""
     align, longest = 1, 0
-    for name in features:
-        options = run.specs[name].describe().options()
+    for spec in run.specs.values():
+        options = spec.build().options()
         if "stride" in options and "clip_len" in options:
             align = math.lcm(align, int(options["stride"]))
             longest = max(longest, int(options["clip_len"]))

@@ -47,14 +47,14 @@ class WorkUnit:
     kind: UnitKind
     features: tuple[str, ...]
     shard_name: str
-    info: MediaInfo | None = None  # None: the probe failed, ``error`` says why
+    info: MediaInfo
     segment: Segment | None = None
-    error: str = ""
+    #: the video's store attributes (probe facts, fingerprint, size, mtime), computed once per
+    #: video by the probe task; None: the engine computes them
+    attrs: dict | None = None
 
     @property
     def seconds(self) -> float:
-        if self.info is None:
-            return 0.0
         if self.segment is None:
             return self.info.duration
         end = min(self.segment.stop_time, self.info.duration)
