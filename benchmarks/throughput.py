@@ -1,7 +1,7 @@
 """Extraction throughput against its limits and against the naive JPEG path, in one run.
 
     python benchmarks/throughput.py [--workdir DIR] [--scale 1.0] [--precisions fp32,bf16]
-        [--workers 1,2] [--feature-sets resnet152,c3d,vggish:resnet152]
+        [--workers 1,2] [--feature-sets resnet152,c3d,vggish:resnet152] [--modes eager,compiled]
 
 Corpus (made with ffmpeg, H.264 + AAC, 30 fps; durations times --scale): 6 x 60 s 640x360,
 2 x 60 s 1280x720, 1 x 600 s 640x360. Prints, per precision and feature set:
@@ -14,6 +14,11 @@ Corpus (made with ffmpeg, H.264 + AAC, 30 fps; durations times --scale): 6 x 60 
   batch size, the same as the model limit's), wall time and the peak RSS of each worker
   process;
 and the ratios limit / vidfeat and seed / vidfeat. Random weights: the speed is the same.
+
+``--modes eager,compiled`` adds, per precision and feature set, the same rows with the models
+compiled (``vidfeat extract --compile``): the model limit then runs the compiled packages too,
+and the packages are built before anything is timed (the one-time build is printed apart: a
+nightly run on a machine that built them once starts with them in its cache).
 """
 
 from __future__ import annotations
@@ -77,17 +82,24 @@ def input_counts(paths: list[Path]) -> dict[str, int]:
     return counts
 
 
-def model_limit(features: list[str], counts: dict[str, int], precision: str) -> float:
+def model_limit(features: list[str], counts: dict[str, int], precision: str,
+                compiled: bool = False) -> float:
+    """Seconds of batched inference; with ``compiled``, through the packages vidfeat's
+    workers will load (built here first, if the cache lacks them, untimed)."""
     from vidfeat.extractors.pool import ExtractorSpec
 
     torch.set_num_threads(os.cpu_count() or 1)
     shapes = {"resnet152": (3, 224, 224), "c3d": (3, 16, 112, 112), "vggish": (1, 96, 64)}
     total = 0.0
     for name in features:
-        extractor = ExtractorSpec(name, random_weights=True, precision=precision).load(
-            torch.device("cpu"))
+        extractor = ExtractorSpec(name, random_weights=True, precision=precision,
+                                  compiled=compiled).load(torch.device("cpu"))
         batch = torch.rand(BATCH[name], *shapes[name])
-        extractor.embed(batch[:2])  # warm up oneDNN's kernels
+        started = time.perf_counter()
+        extractor.embed(batch[:2])  # warm up oneDNN's kernels; build or load the package
+        if compiled and extractor._network.built:
+            print(f"    built the {name} {precision} package (once per machine) in "
+                  f"{time.perf_counter() - started:.1f} s", flush=True)
         left = counts[name]
         started = time.perf_counter()
         while left > 0:
@@ -127,11 +139,12 @@ def seed_path(paths: list[Path], scratch: Path) -> float:
     return time.perf_counter() - started
 
 
-def run_vidfeat(corpus: Path, store: Path, features: list[str], workers: int, precision: str
-                ) -> tuple[float, list[float]]:
+def run_vidfeat(corpus: Path, store: Path, features: list[str], workers: int, precision: str,
+                compiled: bool = False) -> tuple[float, list[float]]:
     command = [sys.executable, "-m", "vidfeat", "extract", str(corpus), "--store", str(store),
                "--features", ",".join(features), "--workers", str(workers), "--random-weights",
-               "--no-progress", "--precision", precision, "--dtype", "float32"]
+               "--no-progress", "--precision", precision, "--dtype", "float32",
+               *(["--compile"] if compiled else [])]
     peaks: dict[int, float] = {}
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -170,8 +183,11 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--feature-sets", default="resnet152,c3d,vggish:resnet152")
+    parser.add_argument("--modes", default="eager", help="eager, compiled or both")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vidfeat-bench-"))
+    # the compiled packages this benchmark builds, where vidfeat's workers look for them
+    os.environ["VIDFEAT_HOME"] = str(workdir / "home")
     corpus = workdir / "corpus"
     paths = make_corpus(corpus, args.scale)
     minutes = sum(probe(p).duration for p in paths) / 60
@@ -184,22 +200,24 @@ def main() -> None:
     for precision in args.precisions.split(","):
         for feature_set in args.feature_sets.split(":"):
             features = feature_set.split(",")
-            limit = decode + model_limit(features, counts, precision)
-            line = f"[{precision} {feature_set}] decode+model limit {limit:.1f} s"
-            if features == ["resnet152"] and precision == "fp32":
-                seed = seed if seed is not None else seed_path(paths, workdir / "jpeg")
-                line += f"; seed JPEG path {seed:.1f} s"
-            print(line, flush=True)
-            for workers in [int(w) for w in args.workers.split(",")]:
-                store = workdir / f"store-{precision}-{len(features)}-{workers}"
-                subprocess.run(["rm", "-rf", str(store)], check=True)
-                seconds, rss = run_vidfeat(corpus, store, features, workers, precision)
-                ratios = f"limit/vidfeat {limit / seconds:.2f}"
-                if features == ["resnet152"] and seed is not None:
-                    ratios += f", seed/vidfeat {seed / seconds:.2f}"
-                print(f"    vidfeat {workers} worker(s): {seconds:.1f} s ({ratios}); peak RSS "
-                      f"per worker {', '.join(f'{r:.0f}' for r in rss)} MiB", flush=True)
-
+            for mode in args.modes.split(","):
+                compiled = mode == "compiled"
+                limit = decode + model_limit(features, counts, precision, compiled)
+                line = f"[{precision} {mode} {feature_set}] decode+model limit {limit:.1f} s"
+                if features == ["resnet152"] and precision == "fp32":
+                    seed = seed if seed is not None else seed_path(paths, workdir / "jpeg")
+                    line += f"; seed JPEG path {seed:.1f} s"
+                print(line, flush=True)
+                for workers in [int(w) for w in args.workers.split(",")]:
+                    store = workdir / f"store-{precision}-{mode}-{len(features)}-{workers}"
+                    subprocess.run(["rm", "-rf", str(store)], check=True)
+                    seconds, rss = run_vidfeat(corpus, store, features, workers, precision,
+                                               compiled)
+                    ratios = f"limit/vidfeat {limit / seconds:.2f}"
+                    if features == ["resnet152"] and seed is not None:
+                        ratios += f", seed/vidfeat {seed / seconds:.2f}"
+                    print(f"    vidfeat {workers} worker(s): {seconds:.1f} s ({ratios}); peak "
+                          f"RSS per worker {', '.join(f'{r:.0f}' for r in rss)} MiB", flush=True)
 
 if __name__ == "__main__":
     main()

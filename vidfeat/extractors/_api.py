@@ -15,13 +15,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
 
 from vidfeat.errors import ConfigError
+from vidfeat.extractors.compiled import CompiledNetwork
 from vidfeat.extractors.weights import LoadedWeights
 from vidfeat.media.frames import Frame
 from vidfeat.media.probe import MediaInfo
@@ -79,6 +82,8 @@ class Extractor(ABC):
         self.weights_sha256 = "unloaded"
         self.precision: Precision = "fp32"
         self.model: nn.Module | None = None
+        #: what ``run_network`` calls: ``network()``, or its compiled package (``compile()``)
+        self._network: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     # ---- description -------------------------------------------------------------------
     @property
@@ -125,6 +130,35 @@ class Extractor(ABC):
         self.model = model.eval().to(device, memory_format=memory_format)
         self.device = torch.device(device)
         self.weights_sha256 = weights.sha256
+        self._network = self.network()
+
+    def network(self) -> nn.Module:
+        """The loaded model as a module from a model-input batch to the feature tensor (what
+        ``compile()`` exports): the whole model unless a subclass picks a layer."""
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: load() the weights first")
+        return self.model
+
+    def compile(self, directory: Path | None = None) -> None:
+        """Run the network as an AOTInductor package (see extractors.compiled), built or
+        loaded from ``directory`` on the first batch."""
+        self._network = CompiledNetwork(self.network(), self.config_hash(), directory,
+                                        PRECISIONS[self.precision])
+        # the package holds its own weights: the eager ones go once it is loaded
+        self.model = None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether rows come from a compiled package (recorded with each feature: its rows
+        differ from eager ones by rounding: 5e-7 relative in fp32)."""
+        return isinstance(self._network, CompiledNetwork)
+
+    def run_network(self, batch: torch.Tensor) -> torch.Tensor:
+        """Stacked CPU items -> the network's output on the device, under ``inference()``."""
+        if self._network is None:
+            raise RuntimeError(f"{self.name}: load() the weights before embed()")
+        with self.inference():
+            return self._network(self.model_input(batch))
 
     @contextmanager
     def inference(self) -> Iterator[None]:
@@ -165,6 +199,18 @@ class Extractor(ABC):
         """Audio extractors: items from a 16 kHz mono waveform starting at ``start`` seconds,
         and whether the audio was padded to give at least one item."""
         raise TypeError(f"{self.name} is not an audio extractor")
+
+
+class FeatureNode(nn.Module):
+    """A model cut at one of its nodes (torchvision's feature extraction), giving that node's
+    output as a tensor: one module from input to feature, as export needs."""
+
+    def __init__(self, model: nn.Module, node: str) -> None:
+        super().__init__()
+        self.graph = create_feature_extractor(model, {node: "features"})
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.graph(batch)["features"]
 
 
 # PTS * time_base is inexact in binary (2.9 s at 1/10240 s is 2.9000000000000004): times this

@@ -96,6 +96,18 @@ class C3D(nn.Module):
         return self.fc8(self.dropout(fc7))
 
 
+class _C3DLayer(nn.Module):
+    """C3D up to one output layer, as a module of the clips alone."""
+
+    def __init__(self, model: C3D, layer: str) -> None:
+        super().__init__()
+        self.model = model
+        self.layer = layer
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.model(clips, layer=self.layer)
+
+
 @register_extractor
 class C3DExtractor(Extractor):
     """One row per 16-frame clip, a clip every ``stride`` frames (16 as the reference; 8 for
@@ -163,15 +175,15 @@ class C3DExtractor(Extractor):
             components, centre = _activitynet_pca(weights)
             self._projection = (components.to(self.device), centre.to(self.device))
 
+    def network(self) -> nn.Module:
+        return _C3DLayer(super().network(), self.layer)
+
     def embed(self, batch: torch.Tensor) -> np.ndarray:
-        if self.model is None:
-            raise RuntimeError("c3d: load() the weights before embed()")
-        with self.inference():
-            features = self.model(self.model_input(batch), layer=self.layer)
-            if self._projection is not None:
-                components, centre = self._projection
-                features = (features.float() - centre) @ components.T
-            return features.float().cpu().numpy()
+        features = self.run_network(batch)
+        if self._projection is not None:
+            components, centre = self._projection
+            features = (features.float() - centre) @ components.T
+        return features.float().cpu().numpy()
 
     def sampler(self, info: MediaInfo, start_time: float | None = None) -> Sampler:
         return ClipSampler(self._preprocess, clip_len=CLIP_LEN, stride=self.stride,

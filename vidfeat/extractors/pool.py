@@ -34,6 +34,8 @@ class ExtractorSpec:
     random_weights: bool = False
     weights_dir: str | None = None
     precision: Precision = "fp32"
+    #: run the network as a cached AOTInductor package (extractors.compiled)
+    compiled: bool = False
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -80,6 +82,8 @@ class ExtractorSpec:
             random=self.random_weights,
         )
         extractor.load(weights, device)
+        if self.compiled:
+            extractor.compile()
         return extractor
 
 

@@ -16,19 +16,18 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision.models import resnet152
-from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.transforms._presets import ImageClassification
 from torchvision.transforms.functional import resize
 
 from vidfeat.errors import ConfigError
 from vidfeat.extractors._api import (
     Extractor,
+    FeatureNode,
     FrameSampler,
     Sampler,
     register_extractor,
     resize_per_channel,
 )
-from vidfeat.extractors.weights import LoadedWeights
 from vidfeat.media.frames import Frame
 from vidfeat.media.probe import MediaInfo, count_frames
 
@@ -76,7 +75,6 @@ class ResNet152Extractor(Extractor):
         self.frames = frames
         resize_size = _VERSIONS[weights_version][1]
         self.transform = ImageClassification(crop_size=CROP_SIZE, resize_size=resize_size)
-        self._features: nn.Module | None = None
 
     @property
     def weights_name(self) -> str:
@@ -104,16 +102,11 @@ class ResNet152Extractor(Extractor):
     def build_model(self) -> nn.Module:
         return resnet152()
 
-    def load(self, weights: LoadedWeights, device: torch.device | str = "cpu") -> None:
-        super().load(weights, device)
-        self._features = create_feature_extractor(self.model, {FEATURE_NODE: "features"})
+    def network(self) -> nn.Module:
+        return FeatureNode(super().network(), FEATURE_NODE)
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:
-        if self._features is None:
-            raise RuntimeError("resnet152: load() the weights before embed()")
-        with self.inference():
-            features = self._features(self.model_input(batch))["features"]
-        return features.float().cpu().numpy()
+        return self.run_network(batch).float().cpu().numpy()
 
     def sampler(self, info: MediaInfo, start_time: float | None = None) -> Sampler:
         if self.frames is None:

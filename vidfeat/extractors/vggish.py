@@ -215,13 +215,9 @@ class VGGish(Extractor):
             self.pca = random_pca_params() if path is None else read_pca_params(path)
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:
-        if self.model is None:
-            raise RuntimeError("vggish: call load() before embed()")
         if tuple(batch.shape[1:]) != (1, EXAMPLE_FRAMES, MEL_BANDS):
             raise ValueError(f"vggish expects a [B, 1, 96, 64] batch, got {tuple(batch.shape)}")
-        with self.inference():
-            output = self.model(self.model_input(batch.float()))
-        embeddings = output.float().cpu().numpy()
+        embeddings = self.run_network(batch.float()).float().cpu().numpy()
         if self.postprocess:
             if self.pca is None:
                 raise RuntimeError("vggish: postprocess needs PCA parameters, set by load()")

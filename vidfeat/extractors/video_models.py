@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision.models import video
-from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.transforms._presets import VideoClassification
 from torchvision.transforms.functional import resize
 
@@ -26,11 +25,11 @@ from vidfeat.errors import ConfigError
 from vidfeat.extractors._api import (
     ClipSampler,
     Extractor,
+    FeatureNode,
     Sampler,
     register_extractor,
     resize_per_channel,
 )
-from vidfeat.extractors.weights import LoadedWeights
 from vidfeat.media.frames import Frame
 from vidfeat.media.probe import MediaInfo
 
@@ -60,7 +59,6 @@ class _TorchvisionVideoExtractor(Extractor):
         self.stride = stride
         self.transform = VideoClassification(crop_size=self.crop_size,
                                              resize_size=self.resize_size)
-        self._features: nn.Module | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -82,16 +80,11 @@ class _TorchvisionVideoExtractor(Extractor):
             "layer": self.feature_node,
         }
 
-    def load(self, weights: LoadedWeights, device: torch.device | str = "cpu") -> None:
-        super().load(weights, device)
-        self._features = create_feature_extractor(self.model, {self.feature_node: "features"})
+    def network(self) -> nn.Module:
+        return FeatureNode(super().network(), self.feature_node)
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:
-        if self._features is None:
-            raise RuntimeError(f"{self.name}: load() the weights before embed()")
-        with self.inference():
-            output = self._features(self.model_input(batch))["features"]
-            return self._rows(output).float().cpu().numpy()
+        return self._rows(self.run_network(batch)).float().cpu().numpy()
 
     def _rows(self, output: torch.Tensor) -> torch.Tensor:
         """The feature node's output as [B, feature_dim]."""

@@ -14,8 +14,8 @@ from vidfeat.jobs.schema import BACKENDS, validate
 from vidfeat.pipeline.run import RunOptions
 
 #: job file keys that are RunOptions fields of the same name
-_RUN_KEYS = ("device", "random_weights", "dtype", "batch_size", "precision", "decoder",
-             "segment_seconds", "overwrite", "limit", "progress")
+_RUN_KEYS = ("device", "random_weights", "dtype", "batch_size", "precision", "compile",
+             "decoder", "segment_seconds", "overwrite", "limit", "progress")
 #: paths inside a backend's section, relative to the job file like every other path
 _BACKEND_PATHS = ("log_directory", "local_directory")
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -154,7 +154,8 @@ def _check_features(run: dict[str, Any], origin: str) -> None:
         except ConfigError as error:
             raise ConfigError(f"{origin}: features.{name}: {error}") from None
         options = dict(run.get("extractor_options", {}).get(name, {}))
-        options.pop("precision", None)  # a run option a feature may override
+        options.pop("precision", None)  # run options a feature may override
+        options.pop("compile", None)
         try:
             extractor(**options)
         except (TypeError, ValueError) as error:

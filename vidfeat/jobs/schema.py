@@ -83,6 +83,7 @@ JOB_SCHEMA: dict[str, Any] = _section({
     "dtype": {"enum": ["float16", "float32"], "expected": "float16 or float32"},
     "batch_size": _POSITIVE_INT,
     "precision": {"enum": ["fp32", "bf16", "fp16"], "expected": "fp32, bf16 or fp16"},
+    "compile": {"type": "boolean", "expected": "true or false"},
     "decoder": {"enum": ["pyav", "decord", "torchcodec"],
                 "expected": "pyav, decord or torchcodec"},
     "segment_seconds": _SECONDS,

@@ -42,6 +42,8 @@ class RunOptions:
     dtype: str = "float16"
     batch_size: int | None = None  # None: each model's own (Extractor.batch_size)
     precision: str = "fp32"
+    #: models as cached AOTInductor packages (a feature may override: c3d.compile=false)
+    compile: bool = False
     decoder: str = "pyav"
     #: media seconds per task (and per segment of a long video); None: sized by the corpus
     segment_seconds: float | None = None
@@ -151,8 +153,12 @@ def _specs(options: RunOptions) -> dict[str, ExtractorSpec]:
         extractor_options = dict(options.extractor_options.get(name, {}))
         # precision is a run option that a feature may override: --set c3d.precision=bf16
         precision = check_precision(extractor_options.pop("precision", options.precision))
+        compiled = extractor_options.pop("compile", options.compile)
+        if not isinstance(compiled, bool):
+            raise ConfigError(f"{name}.compile must be true or false, got {compiled!r}")
         specs[name] = ExtractorSpec(name, extractor_options, options.weights_files.get(name),
-                                    options.random_weights, options.weights_dir, precision)
+                                    options.random_weights, options.weights_dir, precision,
+                                    compiled)
     return specs
 
 

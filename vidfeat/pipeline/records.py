@@ -21,6 +21,7 @@ def feature_attrs(extractor: Extractor, padded: bool = False) -> dict[str, Any]:
         weights_sha256=extractor.weights_sha256,
         random_weights=extractor.weights_sha256 == "random",
         precision=extractor.precision,
+        compiled=extractor.compiled,
         config=extractor.config(),
         config_hash=extractor.config_hash(),
         padded=padded,
