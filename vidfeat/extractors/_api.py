@@ -207,10 +207,11 @@ class FeatureNode(nn.Module):
 
     def __init__(self, model: nn.Module, node: str) -> None:
         super().__init__()
-        self.graph = create_feature_extractor(model, {node: "features"})
+        # not "graph": an exported module has its own .graph, which the name would shadow
+        self.extractor = create_feature_extractor(model, {node: "features"})
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.graph(batch)["features"]
+        return self.extractor(batch)["features"]
 
 
 # PTS * time_base is inexact in binary (2.9 s at 1/10240 s is 2.9000000000000004): times this
