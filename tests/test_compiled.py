@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision.models import resnet18
 
 import vidfeat
 from tests.conftest import make_video
 from vidfeat.cli import main
+from vidfeat.extractors._api import FeatureNode
+from vidfeat.extractors.compiled import CompiledNetwork
 from vidfeat.extractors.pool import ExtractorSpec
 
 # compiled kernels fold batch norms and reorder sums: rows differ from eager ones by ~5e-7
@@ -41,6 +44,18 @@ def test_compiled_vggish_matches_eager_at_every_batch_size_and_is_built_once(
     again.compile(tmp_path)
     np.testing.assert_array_equal(again.embed(examples), compiled.embed(examples))
     assert not again._network.built and list(tmp_path.glob("*.pt2")) == packages
+
+
+def test_a_model_cut_at_a_node_compiles(tmp_path: Path) -> None:
+    # ResNet-152 and the video models are cut with torchvision's feature extraction; a small
+    # ResNet checks the same path in a fraction of the build time
+    torch.manual_seed(0)
+    network = FeatureNode(resnet18().eval().to(memory_format=torch.channels_last), "flatten")
+    compiled = CompiledNetwork(network, "resnet18-test", tmp_path)
+    images = torch.rand(3, 3, 64, 64)
+    with torch.inference_mode():
+        reference = network(images).numpy()
+        assert _relative_error(compiled(images).numpy(), reference) < TOLERANCE
 
 
 def test_a_different_configuration_gets_its_own_package(tmp_path: Path) -> None:
