@@ -12,7 +12,7 @@ from torchvision.models import resnet18
 
 import vidfeat
 from tests.conftest import make_video
-from vidfeat.cli import main
+from vidfeat.cli import EXIT_USAGE, main
 from vidfeat.extractors._api import FeatureNode
 from vidfeat.extractors.compiled import CompiledNetwork
 from vidfeat.extractors.pool import ExtractorSpec
@@ -56,6 +56,19 @@ def test_a_model_cut_at_a_node_compiles(tmp_path: Path) -> None:
     with torch.inference_mode():
         reference = network(images).numpy()
         assert _relative_error(compiled(images).numpy(), reference) < TOLERANCE
+
+
+def test_compile_without_a_compiler_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    video = make_video(tmp_path / "a.mp4", seconds=1.0)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++ nor clang++ on it
+    monkeypatch.delenv("CXX", raising=False)
+    code = main(["extract", str(video), "--store", str(tmp_path / "store"), "--features",
+                 "vggish", "--random-weights", "--compile", "--no-progress"])
+    assert code == EXIT_USAGE
+    error = capsys.readouterr().err.strip().splitlines()
+    assert any("--compile needs a C++ compiler" in line for line in error)
+    assert not (tmp_path / "store").exists()
 
 
 def test_a_different_configuration_gets_its_own_package(tmp_path: Path) -> None:

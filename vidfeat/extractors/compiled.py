@@ -19,11 +19,15 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from vidfeat.errors import ConfigError
 
 #: the largest batch a package takes: the batch dimension is dynamic, so any --batch-size fits
 MAX_BATCH = 4096
@@ -33,6 +37,14 @@ def packages_dir() -> Path:
     """``$VIDFEAT_HOME/compiled`` (default ``~/.cache/vidfeat/compiled``)."""
     base = os.environ.get("VIDFEAT_HOME") or os.path.join(Path.home(), ".cache", "vidfeat")
     return Path(base).expanduser().resolve() / "compiled"
+
+
+def check_compiler() -> None:
+    """AOTInductor builds C++: refuse early, in one line, on a machine without a compiler."""
+    compilers = [os.environ.get("CXX") or "g++", "clang++"]
+    if not any(shutil.which(compiler) for compiler in compilers):
+        raise ConfigError(f"--compile needs a C++ compiler ({' or '.join(compilers)}) on every "
+                          f"worker; {socket.gethostname()} has none (install g++)")
 
 
 def processor(device: torch.device) -> str:
@@ -102,6 +114,7 @@ class CompiledNetwork:
     def _build(self, example: torch.Tensor) -> None:
         import torch._inductor.config as inductor_config
 
+        check_compiler()
         batch = torch.export.Dim("batch", min=2, max=MAX_BATCH)
         handle, partial = tempfile.mkstemp(suffix=".pt2", dir=self.path.parent)
         os.close(handle)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vidfeat.errors import ConfigError
 from vidfeat.extractors._api import check_precision
+from vidfeat.extractors.compiled import check_compiler
 from vidfeat.extractors.pool import ExtractorSpec, resolve_device
 from vidfeat.media import check_decoder
 from vidfeat.pipeline.corpus import Rejected, VideoSource, fingerprint, scan
@@ -159,6 +160,8 @@ def _specs(options: RunOptions) -> dict[str, ExtractorSpec]:
         specs[name] = ExtractorSpec(name, extractor_options, options.weights_files.get(name),
                                     options.random_weights, options.weights_dir, precision,
                                     compiled)
+        if compiled:
+            check_compiler()  # the driver's machine; each worker checks its own before a build
     return specs
 
 
