@@ -24,7 +24,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from vidfeat.errors import ConfigError
-from vidfeat.extractors.compiled import CompiledNetwork
+from vidfeat.extractors.compiled import CompiledNetwork, channels_last
 from vidfeat.extractors.weights import LoadedWeights
 from vidfeat.media.frames import Frame
 from vidfeat.media.probe import MediaInfo
@@ -172,12 +172,7 @@ class Extractor(ABC):
         """A stacked CPU batch on the model's device, channels-last like the model."""
         if self.device.type == "cuda" and not batch.is_pinned():
             batch = batch.pin_memory()
-        batch = batch.to(self.device, non_blocking=True)
-        if batch.dim() == 5:
-            return batch.contiguous(memory_format=torch.channels_last_3d)
-        if batch.dim() == 4:
-            return batch.contiguous(memory_format=torch.channels_last)
-        return batch
+        return channels_last(batch.to(self.device, non_blocking=True))
 
     @abstractmethod
     def embed(self, batch: torch.Tensor) -> np.ndarray:

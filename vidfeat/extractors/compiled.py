@@ -28,15 +28,15 @@ import torch
 from torch import nn
 
 from vidfeat.errors import ConfigError
+from vidfeat.extractors.weights import home as weights_home
 
 #: the largest batch a package takes: the batch dimension is dynamic, so any --batch-size fits
 MAX_BATCH = 4096
 
 
 def packages_dir() -> Path:
-    """``$VIDFEAT_HOME/compiled`` (default ``~/.cache/vidfeat/compiled``)."""
-    base = os.environ.get("VIDFEAT_HOME") or os.path.join(Path.home(), ".cache", "vidfeat")
-    return Path(base).expanduser().resolve() / "compiled"
+    """``$VIDFEAT_HOME/compiled`` (default ``~/.cache/vidfeat/compiled``), beside the weights."""
+    return weights_home().parent / "compiled"
 
 
 def check_compiler() -> None:
