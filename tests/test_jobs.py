@@ -338,3 +338,28 @@ def test_nightly_schedules_run_vidfeat_submit_on_the_nightly_job() -> None:
 def test_job_error_in_a_feature_option_names_the_feature(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"job\.yaml: features\.resnet152: "):
         load_job(_write(tmp_path, {**MINIMAL, "features": {"resnet152": {"fsp": 1}}}))
+
+
+def _worker_threads() -> tuple[str | None, int]:
+    from vidfeat.pipeline.worker import torch_threads_for
+
+    return os.environ.get("VIDFEAT_TORCH_THREADS"), torch_threads_for(1)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to tell 1 from 2")
+def test_a_second_local_cluster_in_one_process_gets_its_own_thread_counts() -> None:
+    """A Nanny writes its workers' environment into the driver, and the next Nanny prefers the
+    driver's environment over the configuration: a second run in one process (a notebook, a
+    test session) once got the first run's torch threads."""
+    from vidfeat.jobs.local import local_client
+
+    cores = len(os.sched_getaffinity(0))
+    keys = ("VIDFEAT_TORCH_THREADS", "OMP_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+    before = {key: os.environ.get(key) for key in keys}
+    with local_client(workers=cores) as client:
+        seen = set(client.run(_worker_threads).values())
+    assert seen == {("1", 1)}
+    assert {key: os.environ.get(key) for key in keys} == before
+    with local_client(workers=1) as client:
+        seen = set(client.run(_worker_threads).values())
+    assert seen == {(str(cores), cores)}

@@ -11,6 +11,25 @@ from typing import Any
 from vidfeat.jobs.worker_env import worker_environment
 
 
+@contextmanager
+def _environ_restored(keys: list[str]) -> Iterator[None]:
+    """Put ``keys`` of ``os.environ`` back as they were. A Nanny writes its workers'
+    pre-spawn environment into the process that runs it (ours, for a LocalCluster), and the
+    next Nanny prefers ``os.environ`` over the configuration: without this, a second cluster in
+    one process would get the first one's thread counts."""
+    import os
+
+    before = {key: os.environ.get(key) for key in keys}
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _available_cores() -> int:
     import os
 
@@ -30,12 +49,14 @@ def local_client(workers: int, threads_per_worker: int = 1, gpus: int = 0) -> It
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.update(worker_environment(torch_threads))
     if gpus:
-        with _gpu_cluster(workers, threads_per_worker, gpus, environ) as cluster, \
+        with _environ_restored(list(environ)), \
+                _gpu_cluster(workers, threads_per_worker, gpus, environ) as cluster, \
                 Client(cluster) as client:
             yield client
         return
     # the scheduler's HTTP server on a free port: 8787 may be another run's
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+    with _environ_restored(list(environ)), \
+            dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
             LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                          processes=True, dashboard_address=":0",
                          silence_logs=logging.ERROR) as cluster, \
