@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +61,22 @@ def test_not_a_video_is_a_one_line_decode_error(tmp_path: Path) -> None:
     with pytest.raises(DecodeError, match="junk.mp4") as caught:
         probe(junk)
     assert "\n" not in str(caught.value)
+
+
+def test_a_probe_that_hangs_fails_its_file_after_the_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ffprobe that never answers (its file on a stalled mount: here an ffprobe that only
+    sleeps stands for one) fails that file in one line instead of holding the run forever."""
+    video = make_video(tmp_path / "stalled.mp4", seconds=1, audio=False)
+    stalled = tmp_path / "bin"
+    stalled.mkdir()
+    (stalled / "ffprobe").write_text("#!/bin/sh\nexec sleep 60\n")
+    (stalled / "ffprobe").chmod(0o755)
+    monkeypatch.setenv("VIDFEAT_FFMPEG_DIR", str(stalled))
+    monkeypatch.setenv("VIDFEAT_PROBE_TIMEOUT", "1.5")
+    started = time.monotonic()
+    with pytest.raises(DecodeError, match=r"stalled.mp4: ffprobe did not finish in 1.5 s$"):
+        probe(video)
+    assert time.monotonic() - started < 10
+    monkeypatch.delenv("VIDFEAT_FFMPEG_DIR")
+    assert probe(video).duration > 0

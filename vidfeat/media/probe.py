@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -10,6 +11,11 @@ from pathlib import Path
 
 from vidfeat.errors import DecodeError
 from vidfeat.media.tools import executable
+
+#: seconds an ffprobe may take before its file is failed: reading a container's header takes
+#: well under a second, so only a stalled file system or a pathological file gets near it;
+#: ``VIDFEAT_PROBE_TIMEOUT`` overrides (set it on the workers, which probe)
+PROBE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,11 @@ def _rotation(stream: dict) -> int:
 
 def _ffprobe(args: list[str], path: Path) -> dict:
     command = [executable("ffprobe"), "-v", "error", "-of", "json", *args, str(path)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    timeout = _float(os.environ.get("VIDFEAT_PROBE_TIMEOUT"), PROBE_TIMEOUT_S) or None
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:  # run() has killed it
+        raise DecodeError(f"{path}: ffprobe did not finish in {timeout:g} s") from None
     if result.returncode != 0:
         reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "unreadable"
         raise DecodeError(f"{path}: ffprobe failed: {reason}")
