@@ -1,6 +1,6 @@
 """A task's model time in a LocalCluster worker process is within 15 % of the same task run
 in-process (distributed's nanny environment once made it 1.6x slower: see
-vidfeat/pipeline/worker.py). A comparison in one run, not a timed test."""
+vidfeat/malloc.py). A comparison in one run, not a timed test."""
 
 from __future__ import annotations
 

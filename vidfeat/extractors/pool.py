@@ -3,8 +3,6 @@ device policy, and the per-process pool that loads each model once."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from vidfeat.extractors.weights import (
     spec,
     verify,
 )
+from vidfeat.malloc import release_freed_memory
 
 
 @dataclass(frozen=True)
@@ -117,12 +116,3 @@ class ExtractorPool:
         return self._loaded[name]
 
 
-def release_freed_memory() -> None:
-    """Give the heap's free pages back to the system (glibc): loading a model frees its
-    initial weights and the copies made for channels-last, which malloc would otherwise keep
-    for the life of the worker."""
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0) if name else None
-    except (OSError, AttributeError):
-        pass

@@ -4,7 +4,7 @@ README "Worker environment" gives the same for workers started by hand).
 distributed's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` for its workers, which turns off
 glibc's dynamic mmap threshold and makes every large tensor an ``mmap``/``munmap`` pair (1.6x
 slower tasks, 10x the page faults). Both thresholds go above any batch's tensors instead; the
-worker also calls ``mallopt`` itself (``vidfeat.pipeline.worker.tune_malloc``), so a worker
+worker also calls ``mallopt`` itself (``vidfeat.malloc.tune_malloc``), so a worker
 started without this environment is fixed too once vidfeat's plugin runs.
 """
 

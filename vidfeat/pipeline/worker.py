@@ -1,43 +1,17 @@
 """What vidfeat sets inside each worker process, whoever started it (our LocalCluster, a
 ``dask worker`` a user started, a cluster backend), and the plugin that holds the run's models.
-
-glibc's malloc returns every large block to the system with ``munmap`` once any
-``MALLOC_TRIM_THRESHOLD_`` is set, which distributed's nanny does for its workers (65 536):
-every activation tensor of every batch is then a fresh ``mmap`` with its pages faulted in again.
-That made the same task 1.6x slower in a LocalCluster worker than in the driver. ``mallopt``
-here puts both thresholds back above any tensor we allocate, at run time, so it also fixes
-workers whose environment vidfeat did not choose.
+Each worker's malloc is tuned first (``vidfeat.malloc``: why).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import socket
 
 import torch
 
 from vidfeat.extractors.pool import ExtractorPool, ExtractorSpec
-
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-#: blocks below this stay in malloc's heap and are reused: above any batch's activations
-MALLOC_THRESHOLD_BYTES = 1 << 30
-
-
-def tune_malloc() -> bool:
-    """Raise glibc's trim and mmap thresholds; False where this is not glibc."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_TRIM_THRESHOLD, MALLOC_THRESHOLD_BYTES)
-                and mallopt(_M_MMAP_THRESHOLD, MALLOC_THRESHOLD_BYTES))
+from vidfeat.malloc import tune_malloc
 
 
 def available_cores() -> int:
