@@ -8,8 +8,10 @@ Corpus (made with ffmpeg, H.264 + AAC, 30 fps; durations times --scale): 6 x 60 
 - decode limit: `ffmpeg -i F -f null -` over the corpus (all cores);
 - model limit: batched inference (ResNet-152 32, C3D 8, VGGish 64; channels_last, the same
   precision, all cores) over as many inputs as vidfeat computes;
-- for ResNet-152 alone, the seed's JPEG path: ffmpeg writes every frame as JPEG, as many frames
-  as vidfeat samples (1 fps) are read back with PIL, ResNet-152 at batch 1, fp32;
+- the seed's JPEG path (fp32): ffmpeg writes every frame as JPEG; for ResNet-152 as many frames
+  as vidfeat samples (1 fps) are read back with PIL, ResNet-152 at batch 1; for C3D every
+  16-frame clip is read back, C3D at batch 1; for VGGish ffmpeg writes a 16 kHz WAV, VGGish
+  runs on its examples in one batch per video;
 - `vidfeat extract` at each worker count (a fresh store; random weights; each model's default
   batch size, the same as the model limit's), wall time and the peak RSS of each worker
   process;
@@ -30,8 +32,10 @@ import sys
 import tempfile
 import threading
 import time
+import wave
 from pathlib import Path
 
+import numpy as np
 import psutil
 import torch
 
@@ -109,18 +113,35 @@ def model_limit(features: list[str], counts: dict[str, int], precision: str,
     return total
 
 
-def seed_path(paths: list[Path], scratch: Path) -> float:
-    """What the captioning report did: every frame to JPEG, pick frames, ResNet at batch 1."""
+def seed_path(paths: list[Path], scratch: Path, features: list[str]) -> float:
+    """What the captioning report did, and the same naive path for the other features: every
+    frame to JPEG once per video; ResNet-152 on the frames picked at 1 fps and C3D on each
+    16-frame clip of JPEGs read back with PIL, both at batch 1; VGGish on a 16 kHz WAV file
+    that ffmpeg writes, one batch per video (torchvggish's way). fp32, no channels_last."""
     from PIL import Image
     from torchvision.models import resnet152
     from torchvision.transforms import v2
 
+    from vidfeat.extractors.c3d import C3D, CROP, CROP_LEFT, CROP_TOP, RESIZE, SPORTS1M_MEAN_BGR
+    from vidfeat.extractors.vggish import VGGishNet
+    from vidfeat.extractors.vggish_mel import SAMPLE_RATE, waveform_to_examples
+
     torch.set_num_threads(os.cpu_count() or 1)
-    model = resnet152().eval()
-    model.fc = torch.nn.Identity()
+    resnet = resnet152().eval()
+    resnet.fc = torch.nn.Identity()
+    c3d, vggish = C3D().eval(), VGGishNet().eval()
     transform = v2.Compose([v2.Resize(256), v2.CenterCrop(224), v2.ToImage(),
                             v2.ToDtype(torch.float32, scale=True),
                             v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    clip_mean = torch.tensor(SPORTS1M_MEAN_BGR).view(3, 1, 1, 1)
+
+    def clip(files: list[Path]) -> torch.Tensor:
+        frames = [v2.functional.resize(v2.functional.pil_to_tensor(Image.open(f).convert("RGB")),
+                                       list(RESIZE), antialias=False) for f in files]
+        volume = torch.stack(frames, dim=1).flip(0).float()  # [3 BGR, 16, 128, 171]
+        crop = volume[:, :, CROP_TOP:CROP_TOP + CROP, CROP_LEFT:CROP_LEFT + CROP]
+        return (crop - clip_mean).unsqueeze(0)
+
     started = time.perf_counter()
     for path in paths:
         frames = scratch / path.stem
@@ -128,13 +149,25 @@ def seed_path(paths: list[Path], scratch: Path) -> float:
         subprocess.run([executable("ffmpeg"), "-v", "error", "-i", str(path),
                         str(frames / "%06d.jpg")], check=True)
         files = sorted(frames.iterdir())
-        wanted = int(probe(path).duration) + 1
-        step = len(files) / wanted
         with torch.inference_mode():
-            for k in range(wanted):
-                image = Image.open(files[min(len(files) - 1, int(k * step))]).convert("RGB")
-                model(transform(image).unsqueeze(0))
-        for file in files:
+            if "resnet152" in features:
+                wanted = int(probe(path).duration) + 1
+                step = len(files) / wanted
+                for k in range(wanted):
+                    image = Image.open(files[min(len(files) - 1, int(k * step))]).convert("RGB")
+                    resnet(transform(image).unsqueeze(0))
+            if "c3d" in features:
+                for first in range(0, len(files) - 15, 16):
+                    c3d(clip(files[first:first + 16]), layer="fc6")
+            if "vggish" in features:
+                wav = frames / "audio.wav"
+                subprocess.run([executable("ffmpeg"), "-v", "error", "-i", str(path), "-ac",
+                                "1", "-ar", str(SAMPLE_RATE), str(wav)], check=True)
+                with wave.open(str(wav)) as reader:
+                    pcm = reader.readframes(reader.getnframes())
+                samples = np.frombuffer(pcm, dtype="<i2") / 32768.0
+                vggish(torch.from_numpy(waveform_to_examples(samples)).unsqueeze(1))
+        for file in frames.iterdir():
             file.unlink()
     return time.perf_counter() - started
 
@@ -196,7 +229,7 @@ def main() -> None:
     decode = decode_limit(paths)
     counts = input_counts(paths)
     print(f"decode limit: {decode:.1f} s; inputs: {counts}")
-    seed = None
+    seeds: dict[str, float] = {}
     for precision in args.precisions.split(","):
         for feature_set in args.feature_sets.split(":"):
             features = feature_set.split(",")
@@ -204,18 +237,18 @@ def main() -> None:
                 compiled = mode == "compiled"
                 limit = decode + model_limit(features, counts, precision, compiled)
                 line = f"[{precision} {mode} {feature_set}] decode+model limit {limit:.1f} s"
-                if features == ["resnet152"] and precision == "fp32":
-                    seed = seed if seed is not None else seed_path(paths, workdir / "jpeg")
-                    line += f"; seed JPEG path {seed:.1f} s"
+                if feature_set not in seeds:
+                    seeds[feature_set] = seed_path(paths, workdir / "jpeg", features)
+                seed = seeds[feature_set]
+                line += f"; seed JPEG path (fp32) {seed:.1f} s"
                 print(line, flush=True)
                 for workers in [int(w) for w in args.workers.split(",")]:
                     store = workdir / f"store-{precision}-{mode}-{len(features)}-{workers}"
                     subprocess.run(["rm", "-rf", str(store)], check=True)
                     seconds, rss = run_vidfeat(corpus, store, features, workers, precision,
                                                compiled)
-                    ratios = f"limit/vidfeat {limit / seconds:.2f}"
-                    if features == ["resnet152"] and seed is not None:
-                        ratios += f", seed/vidfeat {seed / seconds:.2f}"
+                    ratios = f"limit/vidfeat {limit / seconds:.2f}, seed/vidfeat " \
+                             f"{seed / seconds:.2f}"
                     print(f"    vidfeat {workers} worker(s): {seconds:.1f} s ({ratios}); peak "
                           f"RSS per worker {', '.join(f'{r:.0f}' for r in rss)} MiB", flush=True)
 
