@@ -17,7 +17,7 @@ from vidfeat.media.timeline import frame_times
 from vidfeat.pipeline.corpus import VideoSource
 from vidfeat.pipeline.engine import Engine
 from vidfeat.pipeline.plan import WorkUnit, segments
-from vidfeat.pipeline.stitch import stitch
+from vidfeat.pipeline.stitch import stitch, stitch_and_write
 from vidfeat.storage.reader import open_store
 from vidfeat.storage.writer import create_store
 
@@ -85,6 +85,12 @@ def test_segments_stitch_into_the_unsplit_rows(videos: dict[str, Path], tmp_path
     assert feature.data.shape == data.shape
     np.testing.assert_allclose(feature.times, times, rtol=0, atol=1e-9)
     np.testing.assert_allclose(feature.data, data, rtol=1e-4, atol=1e-4 * np.abs(data).max())
+    # the run report's throughput counts a split video's model time, as an unsplit one's
+    (outcome,) = stitch_and_write(split.parts, {name: pool.get(name).modality}, str(store),
+                                  "float32").outcomes
+    assert outcome.rows == len(data)
+    assert outcome.seconds > 0
+    assert outcome.seconds == pytest.approx(sum(p.model_seconds[name] for p in split.parts))
 
 
 def _read_records(store: Path, shard: str) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -46,6 +46,7 @@ class SegmentPart:
     records: list[FeatureRecord]
     frames: int
     seconds: float
+    model_seconds: dict[str, float]  # per feature: its share of the batches' model time
 
 
 @dataclass
@@ -171,15 +172,17 @@ class Engine:
         unit = state.unit
         records = [_record(feature, unit) for feature in state.features.values()]
         seconds = time.perf_counter() - state.started
+        model_seconds = {name: feature.seconds for name, feature in state.features.items()}
         report.frames += state.frames
         if unit.segment is not None:
-            report.parts.append(SegmentPart(unit, state.attrs, records, state.frames, seconds))
+            report.parts.append(SegmentPart(unit, state.attrs, records, state.frames, seconds,
+                                            model_seconds))
             return
         shard = write_shard(store, unit.shard_name,
                             [VideoRecord(unit.video.video_id, state.attrs, records)],
                             dtype=self.dtype)
         report.shards.append(shard)
-        report.outcomes += outcomes(unit, records, state.features)
+        report.outcomes += outcomes(unit, records, model_seconds)
 
     # ---- decode side (its own thread) ----------------------------------------------------
     def _decode_all(self, states: list[_Unit], messages: queue.Queue) -> None:
@@ -308,8 +311,8 @@ def _record(feature: _Feature, unit: WorkUnit) -> FeatureRecord:
 
 
 def outcomes(unit: WorkUnit, records: list[FeatureRecord],
-             features: dict[str, _Feature] | None = None) -> list[Outcome]:
+             model_seconds: dict[str, float]) -> list[Outcome]:
     return [Outcome(unit.video.video_id, record.feature, record.status, record.reason,
                     0 if record.data is None else len(record.data),
-                    features[record.feature].seconds if features else 0.0, unit.video.path)
+                    model_seconds.get(record.feature, 0.0), unit.video.path)
             for record in records]

@@ -58,6 +58,10 @@ def stitch_and_write(parts: list[SegmentPart], modality: dict[str, str], store: 
     video = stitch(parts, modality)
     unit = parts[0].unit
     shard = write_shard(store, unit.shard_name, [video], dtype=dtype)
-    return TaskReport(outcomes=outcomes(unit, video.features), shards=[shard],
+    model_seconds: dict[str, float] = {}
+    for part in parts:
+        for name, seconds in part.model_seconds.items():
+            model_seconds[name] = model_seconds.get(name, 0.0) + seconds
+    return TaskReport(outcomes=outcomes(unit, video.features, model_seconds), shards=[shard],
                       frames=sum(part.frames for part in parts),
                       seconds=sum(part.seconds for part in parts))
