@@ -451,3 +451,50 @@ def test_chaos_killed_workers_and_driver_then_a_rerun_equal_a_clean_run(tmp_path
         if rows is not None:
             assert np.allclose(contents[key][2], rows, atol=1e-2), key
     _verified(store)
+
+
+def _media_cut_off(path: Path) -> Path:
+    """An MP4 whose header (moov, written first) promises six seconds of video but whose media
+    data is gone: it probes, yet not one packet can be read (a copy cut short)."""
+    whole = make_video(path.with_suffix(".whole.mp4"), seconds=6, audio=False)
+    ffmpeg("-i", str(whole), "-c", "copy", "-movflags", "+faststart", str(path))
+    whole.unlink()
+    data = path.read_bytes()
+    path.write_bytes(data[:data.index(b"mdat") + 4])
+    return path
+
+
+def test_a_long_video_whose_packets_cannot_be_read_fails_alone(tmp_path: Path):
+    """Splitting a long video reads its packet times first; a file with none (cut off after its
+    header) once broke the whole run (exit 3). It is decoded unsplit and fails with its
+    reason; the other videos run."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    _media_cut_off(corpus / "cut.mp4")
+    make_video(corpus / "fine.mp4", seconds=1.5)
+    store = tmp_path / "store"
+    result = _extract(store, corpus, features=VISUAL, extra=("--segment-seconds", "1"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED cut resnet152: " in result.stdout and "decode" in result.stdout, result.stdout
+    assert _statuses(store) == {("cut", "resnet152"): "failed", ("fine", "resnet152"): "ok"}
+    _verified(store)
+
+
+def test_a_probe_past_the_task_timeout_fails_its_videos_and_the_run_goes_on(tmp_path: Path):
+    """Probing runs as tasks too, under --task-timeout: an ffprobe that never answers (here one
+    that only sleeps, standing for a stalled mount, its own timeout turned off) costs its
+    videos, not the night."""
+    stalled = tmp_path / "bin"
+    stalled.mkdir()
+    (stalled / "ffprobe").write_text("#!/bin/sh\nexec sleep 300\n")
+    (stalled / "ffprobe").chmod(0o755)
+    make_video(tmp_path / "a.mp4", seconds=1.5)
+    store = tmp_path / "store"
+    environ = {**os.environ, "VIDFEAT_FFMPEG_DIR": str(stalled), "VIDFEAT_PROBE_TIMEOUT": "0"}
+    started = time.monotonic()
+    result = subprocess.run(_command(store, tmp_path / "a.mp4", extra=("--task-timeout", "5")),
+                            capture_output=True, text=True, timeout=120, env=environ)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED a vggish: timed out after 5 s" in result.stdout, result.stdout
+    assert time.monotonic() - started < 60
+    _verified(store)

@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from vidfeat.errors import StoreFullError
@@ -116,7 +116,7 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
             report.add(failures)
         with tqdm(total=len(run.todo), unit="video", disable=not run.options.progress,
                   smoothing=0) as bar:
-            tasks = _plan(run, client, slots, index, report, bar)
+            tasks = _plan(run, client, slots, index, report, bar, stop, task_timeout)
             for result in _run_tasks(client, run, tasks, plugin_name, stop, task_timeout):
                 if isinstance(result, StoreFullError):
                     full, _ = full or result, stop.set()
@@ -172,14 +172,20 @@ def _remove_unindexed(index: StoreIndex, indexed: set[str]) -> None:
 
 
 def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: RunReport,
-          bar: Any) -> list[Task | list[WorkUnit]]:
+          bar: Any, stop: threading.Event, task_timeout: float | None
+          ) -> list[Task | list[WorkUnit]]:
     """Probe the videos on the workers, then cut the work into tasks: packs of units, and one
-    task per segment of a long video (a list of WorkUnit of length one, see _run_tasks)."""
+    task per segment of a long video (a list of WorkUnit of length one, see _run_tasks).
+    Waited for as the model tasks are: a probe running past ``task_timeout`` fails its videos,
+    and once ``stop`` is set (Ctrl-C) nothing is planned: the rerun starts over."""
     paths = [video.path for video, _ in run.todo]
     chunks = [paths[i:i + PROBES_PER_TASK] for i in range(0, len(paths), PROBES_PER_TASK)]
-    probed = [item for chunk, future in zip(chunks, client.map(_probe_videos, chunks,
-                                                                pure=False), strict=True)
-              for item in _probe_results(chunk, future)]
+    results = _planning_results(client, client.map(_probe_videos, chunks, pure=False), stop,
+                                task_timeout)
+    if stop.is_set():
+        return []
+    probed = [item for chunk, result in zip(chunks, results, strict=True)
+              for item in _probe_results(chunk, result)]
     modality = {name: get_extractor(name).modality for name in run.specs}
     units: list[WorkUnit] = []
     total = sum(info.duration for info, _, _ in probed if info is not None)
@@ -204,23 +210,61 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
                 long_videos.append(unit)
             else:
                 units.append(unit)
-    tasks: list[Task | list[WorkUnit]] = list(pack(units, seconds))
-    times = client.gather(client.map(_frame_times, [u.video.path for u in long_videos],
-                                     pure=False))
+    times = _planning_results(client, client.map(_frame_times, [u.video.path for u in long_videos],
+                                                 pure=False), stop, task_timeout)
+    if stop.is_set():
+        return []
+    tasks: list[Task | list[WorkUnit]] = []
     for unit, frame_times in zip(long_videos, times, strict=True):
+        if isinstance(frame_times, BaseException) or not len(frame_times):
+            # no packet times (a file damaged or replaced since its probe): not split, so
+            # that its own task decodes it and records what it could not read
+            log.debug("%s: not split (%s)", unit.video.path, frame_times)
+            units.append(unit)
+            continue
         for segment in segments(frame_times, seconds, *alignment):
             tasks.append([dataclasses.replace(unit, segment=segment)])
+    tasks += pack(units, seconds)
     # the longest work first, so the stragglers at the end of a run are short
     return sorted(tasks, key=lambda t: -(t.seconds if isinstance(t, Task) else t[0].seconds))
 
 
-def _probe_results(paths: list[str], future: Any) -> list[tuple[Any, dict | None, str]]:
-    """A probe task whose workers kept dying (KilledWorker) fails its videos, not the run."""
-    try:
-        return future.result()
-    except Exception as error:
-        reason = f"probe task died: {type(error).__name__}: {error}".splitlines()[0]
-        return [(None, None, reason) for _ in paths]
+def _planning_results(client: Any, futures: list[Any], stop: threading.Event,
+                      task_timeout: float | None) -> list[Any]:
+    """Each future's result, or the exception it ended with (TimeoutError past
+    ``task_timeout``: its worker is restarted, as for a model task); those still running
+    when ``stop`` is set are cancelled (None)."""
+    from distributed import wait
+
+    watch = _TaskWatch(client, task_timeout)
+    pending = {future: position for position, future in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    while pending and not stop.is_set():
+        try:
+            done = wait(list(pending), timeout=POLL_S, return_when="FIRST_COMPLETED").done
+        except TimeoutError:
+            done = set()
+        for future in watch.expired(pending, done):
+            results[pending.pop(future)] = TimeoutError(f"timed out after {task_timeout:g} s")
+        for future in done:
+            if future.status == "finished":
+                results[pending.pop(future)] = future.result()
+            else:  # error, or cancelled (a scheduler that restarted)
+                error = future.exception() if future.status == "error" else None
+                results[pending.pop(future)] = error or RuntimeError(f"task {future.status}")
+    if pending:
+        client.cancel(list(pending))
+    return results
+
+
+def _probe_results(paths: list[str], result: Any) -> list[tuple[Any, dict | None, str]]:
+    """A probe task whose workers kept dying (KilledWorker) or that timed out fails its
+    videos, not the run."""
+    if not isinstance(result, BaseException):
+        return result
+    reason = (str(result) if isinstance(result, TimeoutError)
+              else f"probe task died: {type(result).__name__}: {result}").splitlines()[0]
+    return [(None, None, reason) for _ in paths]
 
 
 def _clip_alignment(run: PreparedRun) -> tuple[int, int]:
@@ -340,7 +384,7 @@ class _TaskWatch:
         self.timeout = timeout
         self.running_since: dict[str, tuple[float, str]] = {}  # key -> (start, worker)
 
-    def expired(self, in_flight: dict[Any, list[WorkUnit]], done: set[Any]) -> list[Any]:
+    def expired(self, in_flight: Collection[Any], done: set[Any]) -> list[Any]:
         if not self.timeout:
             return []
         now = time.monotonic()
