@@ -280,9 +280,10 @@ def test_a_second_ctrl_c_stops_at_once_and_the_store_verifies(many_videos: Path,
 
 
 def _long_audio(path: Path) -> Path:
-    """Five minutes of audio: VGGish streams it, so its worker keeps the file open for
-    seconds (a visual decode of a tiny video is done before a test could see it)."""
-    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:sample_rate=16000:duration=300",
+    """Twenty minutes of audio: VGGish streams it, so its worker keeps the file open for
+    seconds (a visual decode of a tiny video is done before a test could see it; on a fast
+    machine five minutes took under a second)."""
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:sample_rate=16000:duration=1200",
            "-c:a", "aac", "-b:a", "32k", str(path))
     return path
 
@@ -293,7 +294,9 @@ def _worker_reading(driver: psutil.Process, path: Path, *, for_s: float) -> psut
     since: dict[int, float] = {}
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        assert driver.is_running(), "the run ended before the video was decoded"
+        # an ended driver not yet reaped by the test is a zombie, which psutil calls running
+        assert driver.is_running() and driver.status() != psutil.STATUS_ZOMBIE, \
+            "the run ended before the video was decoded"
         for child in driver.children(recursive=True):
             try:
                 reading = any(f.path == str(path) for f in child.open_files())
