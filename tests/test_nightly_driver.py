@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from tests.conftest import ffmpeg, make_video
+from vidfeat.media.tools import executable
 from vidfeat.storage.index import StoreIndex
 
 #: VGGish alone where a test needs no visual feature: its model loads in a moment
@@ -501,3 +502,39 @@ def test_a_probe_past_the_task_timeout_fails_its_videos_and_the_run_goes_on(tmp_
     assert "FAILED a vggish: timed out after 5 s" in result.stdout, result.stdout
     assert time.monotonic() - started < 60
     _verified(store)
+
+
+def test_ctrl_c_while_the_videos_are_probed_stops_without_waiting_for_the_probes(
+        many_videos: Path, tmp_path: Path):
+    """Probing a large corpus takes minutes; a first Ctrl-C then must not wait for all of it.
+    Each ffprobe here takes 3 s (a slow mount), so probing the six videos takes 18 s."""
+    slow = tmp_path / "bin"
+    slow.mkdir()
+    (slow / "ffprobe").write_text(f"#!/bin/sh\nsleep 3\nexec {executable('ffprobe')} \"$@\"\n")
+    (slow / "ffprobe").chmod(0o755)
+    store = tmp_path / "store"
+    process = subprocess.Popen(_command(store, many_videos), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "VIDFEAT_FFMPEG_DIR": str(slow)})
+    driver = psutil.Process(process.pid)
+    deadline = time.monotonic() + 60
+    while not _probing(driver):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, out + err
+    assert time.monotonic() - interrupted < 12, "the driver waited for every probe"
+    assert "rerun the same command to resume" in out
+    assert not _statuses(store)  # nothing planned, nothing recorded: the rerun starts over
+    _verified(store)
+
+
+def _probing(driver: psutil.Process) -> bool:
+    """Whether a worker runs the slow ffprobe (its ``sleep``)."""
+    for child in driver.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.name() == "sleep":
+                return True
+    return False
