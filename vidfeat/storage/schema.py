@@ -84,5 +84,7 @@ class Outcome:
     status: OutcomeStatus
     reason: str = ""
     rows: int = 0
-    seconds: float = 0.0  # model + decode time spent on it (0 for up_to_date)
+    #: model seconds: its rows' share of their batches (a split video: its segments summed;
+    #: 0 for up_to_date). Decoding serves every feature of a video and is not counted.
+    seconds: float = 0.0
     source_path: str = ""
