@@ -7,7 +7,8 @@ Corpus (made with ffmpeg, H.264 + AAC, 30 fps; durations times --scale): 6 x 60 
 2 x 60 s 1280x720, 1 x 600 s 640x360. Prints, per precision and feature set:
 - decode limit: `ffmpeg -i F -f null -` over the corpus (all cores);
 - model limit: batched inference (ResNet-152 32, C3D 8, VGGish 64; channels_last, the same
-  precision, all cores) over as many inputs as vidfeat computes;
+  precision, all cores, malloc tuned as in vidfeat's workers) over as many inputs as vidfeat
+  computes;
 - the seed's JPEG path (fp32): ffmpeg writes every frame as JPEG; for ResNet-152 as many frames
   as vidfeat samples (1 fps) are read back with PIL, ResNet-152 at batch 1; for C3D every
   16-frame clip is read back, C3D at batch 1; for VGGish ffmpeg writes a 16 kHz WAV, VGGish
@@ -26,6 +27,7 @@ nightly run on a machine that built them once starts with them in its cache).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -89,9 +91,21 @@ def input_counts(paths: list[Path]) -> dict[str, int]:
 def model_limit(features: list[str], counts: dict[str, int], precision: str,
                 compiled: bool = False) -> float:
     """Seconds of batched inference; with ``compiled``, through the packages vidfeat's
-    workers will load (built here first, if the cache lacks them, untimed)."""
-    from vidfeat.extractors.pool import ExtractorSpec
+    workers will load (built there first, if the cache lacks them, untimed). In a fresh
+    process whose malloc is tuned as vidfeat's workers are: with glibc's default thresholds
+    every large activation is a fresh mmap, and ResNet-152 ran 1.65x slower (C3D 1.19x, VGGish
+    1.14x). The limit is the best the model can do; the seed's path keeps this plain process,
+    as the naive script it stands for would."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_model_limit, (features, counts, precision, compiled))
 
+
+def _model_limit(features: list[str], counts: dict[str, int], precision: str,
+                 compiled: bool) -> float:
+    from vidfeat.extractors.pool import ExtractorSpec
+    from vidfeat.malloc import tune_malloc
+
+    tune_malloc()
     torch.set_num_threads(os.cpu_count() or 1)
     shapes = {"resnet152": (3, 224, 224), "c3d": (3, 16, 112, 112), "vggish": (1, 96, 64)}
     total = 0.0
