@@ -17,6 +17,8 @@ def worker_environment(torch_threads: int | None = None) -> dict[str, str]:
     env = {
         "MALLOC_TRIM_THRESHOLD_": MALLOC_THRESHOLD,
         "MALLOC_MMAP_THRESHOLD_": MALLOC_THRESHOLD,
+        # tasks run in threads; another thread's arena mmaps every block over 64 MiB
+        "MALLOC_ARENA_MAX": "1",
     }
     if torch_threads:
         threads = str(torch_threads)
