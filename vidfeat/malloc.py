@@ -12,8 +12,9 @@ thread other than the main one gets its own arena, whose heaps are at most 64 Mi
 block there (a ResNet-152 batch of 32 has 100 MB activations) is always a fresh ``mmap``,
 whatever the thresholds. One arena for the process (``M_ARENA_MAX`` 1) keeps them in the main
 heap: ResNet-152's batches ran 1.17x faster in a thread (as fast as in the main thread), and a
-1-worker extraction's model time fell from 52.6 s to 42.8 s (system time 18.1 -> 2.9 s). ``MALLOC_ARENA_MAX=1`` in the
-environment does it from the start; ``mallopt`` covers threads created after it.
+1-worker extraction's model time fell from 52.6 s to 42.8 s (system time 18.1 -> 2.9 s).
+``MALLOC_ARENA_MAX=1`` in the environment does it from the start; ``mallopt`` covers threads
+created after it.
 """
 
 from __future__ import annotations
