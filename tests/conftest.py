@@ -39,3 +39,12 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_video(root / "web" / "clip.webm", seconds=2.0, fps=10)
     (root / "notes.txt").write_text("not a video")
     return root
+
+
+def ffprobe_standin(directory: Path, script: str) -> Path:
+    """A directory holding an ``ffprobe`` that runs ``script`` (sh), for VIDFEAT_FFMPEG_DIR:
+    what a stalled or slow mount does to ffprobe, which no real file here can do."""
+    directory.mkdir()
+    (directory / "ffprobe").write_text(f"#!/bin/sh\n{script}\n")
+    (directory / "ffprobe").chmod(0o755)
+    return directory

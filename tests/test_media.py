@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ffmpeg, make_video
+from tests.conftest import ffmpeg, ffprobe_standin, make_video
 from vidfeat.errors import DecodeError
 from vidfeat.media import iter_frames, load_audio, probe
 from vidfeat.media.tools import executable
@@ -68,10 +68,7 @@ def test_a_probe_that_hangs_fails_its_file_after_the_timeout(
     """An ffprobe that never answers (its file on a stalled mount: here an ffprobe that only
     sleeps stands for one) fails that file in one line instead of holding the run forever."""
     video = make_video(tmp_path / "stalled.mp4", seconds=1, audio=False)
-    stalled = tmp_path / "bin"
-    stalled.mkdir()
-    (stalled / "ffprobe").write_text("#!/bin/sh\nexec sleep 60\n")
-    (stalled / "ffprobe").chmod(0o755)
+    stalled = ffprobe_standin(tmp_path / "bin", "exec sleep 60")
     monkeypatch.setenv("VIDFEAT_FFMPEG_DIR", str(stalled))
     monkeypatch.setenv("VIDFEAT_PROBE_TIMEOUT", "1.5")
     started = time.monotonic()

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ffmpeg, make_video
+from tests.conftest import ffmpeg, ffprobe_standin, make_video
 from vidfeat.media.tools import executable
 from vidfeat.storage.index import StoreIndex
 
@@ -488,10 +488,7 @@ def test_a_probe_past_the_task_timeout_fails_its_videos_and_the_run_goes_on(tmp_
     """Probing runs as tasks too, under --task-timeout: an ffprobe that never answers (here one
     that only sleeps, standing for a stalled mount, its own timeout turned off) costs its
     videos, not the night."""
-    stalled = tmp_path / "bin"
-    stalled.mkdir()
-    (stalled / "ffprobe").write_text("#!/bin/sh\nexec sleep 300\n")
-    (stalled / "ffprobe").chmod(0o755)
+    stalled = ffprobe_standin(tmp_path / "bin", "exec sleep 300")
     make_video(tmp_path / "a.mp4", seconds=1.5)
     store = tmp_path / "store"
     environ = {**os.environ, "VIDFEAT_FFMPEG_DIR": str(stalled), "VIDFEAT_PROBE_TIMEOUT": "0"}
@@ -508,10 +505,7 @@ def test_ctrl_c_while_the_videos_are_probed_stops_without_waiting_for_the_probes
         many_videos: Path, tmp_path: Path):
     """Probing a large corpus takes minutes; a first Ctrl-C then must not wait for all of it.
     Each ffprobe here takes 3 s (a slow mount), so probing the six videos takes 18 s."""
-    slow = tmp_path / "bin"
-    slow.mkdir()
-    (slow / "ffprobe").write_text(f"#!/bin/sh\nsleep 3\nexec {executable('ffprobe')} \"$@\"\n")
-    (slow / "ffprobe").chmod(0o755)
+    slow = ffprobe_standin(tmp_path / "bin", f'sleep 3\nexec {executable("ffprobe")} "$@"')
     store = tmp_path / "store"
     process = subprocess.Popen(_command(store, many_videos), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
