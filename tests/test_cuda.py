@@ -39,3 +39,29 @@ def test_cuda_requested_without_gpu_is_refused_on_cpu_machines() -> None:
     from vidfeat.extractors.pool import resolve_device
 
     assert resolve_device("cuda").type == "cuda"
+
+
+def test_nvdec_decode_feeds_the_gpu_models_and_is_recorded(corpus: Path, tmp_path: Path
+                                                           ) -> None:
+    pytest.importorskip("torchcodec")
+    stores = {}
+    for device, decoder in (("cpu", "pyav"), ("cuda", "torchcodec")):
+        stores[device] = tmp_path / device
+        assert main(["extract", str(corpus), "--store", str(stores[device]), "--device", device,
+                     "--decoder", decoder, "--features", "resnet152,c3d", "--workers", "1",
+                     "--random-weights", "--no-progress", "--dtype", "float32"]) == 0
+    cpu, gpu = (vidfeat.open_store(str(stores[d])) for d in ("cpu", "cuda"))
+    for video_id in cpu.videos():
+        for name in cpu.features(video_id):
+            attrs = gpu.attrs(video_id, name)
+            # a GPU whose NVDEC cannot take a codec falls back to the CPU, and says so
+            assert attrs["decoder"] == "torchcodec"
+            assert attrs["decode_device"].startswith(("cuda", "cpu"))
+            reference = cpu.get(video_id, name)
+            scale = np.abs(reference).max() + 1e-6
+            # NVDEC's YUV->RGB conversion is not swscale's (a few grey levels per pixel)
+            np.testing.assert_allclose(gpu.get(video_id, name) / scale, reference / scale,
+                                       atol=5e-2)
+            np.testing.assert_array_equal(gpu.times(video_id, name), cpu.times(video_id, name))
+    assert any(gpu.attrs(v, f)["decode_device"].startswith("cuda")
+               for v in gpu.videos() for f in gpu.features(v))

@@ -148,3 +148,60 @@ def test_streamed_audio_gives_the_examples_of_the_whole_waveform(videos: dict[st
     assert len(items) == len(expected) == 8
     np.testing.assert_array_equal(np.stack([item.tensor[0].numpy() for item in items]), expected)
     assert items[1].start == pytest.approx(info.audio_start + 0.96)
+
+
+def _visual_rows(pool: ExtractorPool, paths: list[Path], store: Path, decoder: str
+                 ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    from vidfeat.storage.index import StoreIndex
+
+    create_store(store)
+    report = Engine(pool, batch_size=4, dtype="float32", decoder=decoder).run(
+        [WorkUnit(VideoSource(p.stem, str(p)), "visual", tuple(pool.specs), f"xx/{p.stem}",
+                  probe(p)) for p in paths], str(store))
+    assert {o.status for o in report.outcomes} == {"ok"}, report.outcomes
+    StoreIndex(store).add_unindexed()
+    return {(p.stem, name): _rows(store, p.stem, name) for p in paths for name in pool.specs}
+
+
+class _PoolDecodingOnAGpu(ExtractorPool):
+    """Models on the CPU (there is no GPU here) but frames asked of the GPU, as on a GPU
+    worker with --decoder torchcodec: torchcodec really refuses to open them on cuda here."""
+
+    def decode_device(self, decoder: str) -> str:
+        return "cpu" if self._gpu_decode_failed else "cuda"
+
+
+def test_a_gpu_decode_that_cannot_start_leaves_the_cpus_frames(
+        videos: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("torchcodec")
+    specs = {n: ExtractorSpec(n, {}, random_weights=True) for n in ("resnet152", "c3d")}
+    shorts = [videos["short0"], videos["short1"]]
+    with caplog.at_level("WARNING", logger="vidfeat.extractors.pool"):
+        fell_back = _visual_rows(_PoolDecodingOnAGpu(specs, "cpu"), shorts, tmp_path / "gpu",
+                                 "torchcodec")
+    warnings = [r.getMessage() for r in caplog.records if "decoding on the CPU" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per worker, not once per video
+    assert "cannot open it on cuda" in warnings[0] and "short0.mp4" in warnings[0]
+    on_cpu = _visual_rows(ExtractorPool(specs, "cpu"), shorts, tmp_path / "cpu", "torchcodec")
+    for key, (data, times) in on_cpu.items():
+        np.testing.assert_array_equal(fell_back[key][1], times)
+        np.testing.assert_array_equal(fell_back[key][0], data)
+    with open_store(tmp_path / "gpu") as store:
+        attrs = store.attrs("short1", "c3d")
+        assert (attrs["decoder"], attrs["decode_device"]) == ("torchcodec", "cpu")
+
+
+def test_frames_decoded_as_tensors_give_the_rows_of_pyavs_frames(videos: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    # torchcodec's frames are tensors (on the GPU where it decodes there): the extractors'
+    # preprocessing takes them as they are, and must give what it gives pyav's arrays
+    pytest.importorskip("torchcodec")
+    pool = ExtractorPool({n: ExtractorSpec(n, {}, random_weights=True)
+                          for n in ("resnet152", "c3d", "r2plus1d_18")}, "cpu")
+    paths = [videos["vfr"], videos["short2"]]
+    tensors = _visual_rows(pool, paths, tmp_path / "torchcodec", "torchcodec")
+    arrays = _visual_rows(pool, paths, tmp_path / "pyav", "pyav")
+    for key, (data, times) in arrays.items():
+        np.testing.assert_array_equal(tensors[key][1], times)
+        np.testing.assert_allclose(tensors[key][0], data, rtol=1e-5,
+                                   atol=1e-5 * np.abs(data).max())

@@ -11,6 +11,11 @@ class DecodeError(VidfeatError, OSError):
     """A media file cannot be probed or decoded."""
 
 
+class DeviceDecodeError(DecodeError):
+    """A decoder cannot decode on the device asked for (no NVDEC in its FFmpeg, no GPU): the
+    file itself may be fine, and decodes on the CPU."""
+
+
 class WeightsError(VidfeatError, FileNotFoundError):
     """Weights are missing, do not verify, or do not fit the extractor."""
 

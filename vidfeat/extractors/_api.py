@@ -154,7 +154,7 @@ class Extractor(ABC):
         return isinstance(self._network, CompiledNetwork)
 
     def run_network(self, batch: torch.Tensor) -> torch.Tensor:
-        """Stacked CPU items -> the network's output on the device, under ``inference()``."""
+        """Stacked items -> the network's output on the device, under ``inference()``."""
         if self._network is None:
             raise RuntimeError(f"{self.name}: load() the weights before embed()")
         with self.inference():
@@ -169,8 +169,9 @@ class Extractor(ABC):
             yield
 
     def model_input(self, batch: torch.Tensor) -> torch.Tensor:
-        """A stacked CPU batch on the model's device, channels-last like the model."""
-        if self.device.type == "cuda" and not batch.is_pinned():
+        """A stacked batch (on the CPU, or already on the GPU where the frames were decoded
+        there) on the model's device, channels-last like the model."""
+        if self.device.type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
             batch = batch.pin_memory()
         return channels_last(batch.to(self.device, non_blocking=True))
 

@@ -190,8 +190,9 @@ class C3DExtractor(Extractor):
                            assemble=self._assemble)
 
     def _preprocess(self, frame: Frame) -> torch.Tensor:
-        """RGB frame -> [3, 1, 128, 171] uint8 BGR, as the reference stores it."""
-        rgb = torch.from_numpy(frame.rgb).permute(2, 0, 1).unsqueeze(0)
+        """RGB frame -> [3, 1, 128, 171] uint8 BGR, as the reference stores it (on the device
+        the frame was decoded on)."""
+        rgb = frame.tensor.permute(2, 0, 1).unsqueeze(0)
         # OpenCV's INTER_LINEAR: half-pixel centres, no antialias (antialias would differ
         # from it by 10-50 grey levels when shrinking); rounding reproduces its uint8 result
         # to within one grey level. Channels are resized independently, so one at a time (a
@@ -207,7 +208,7 @@ class C3DExtractor(Extractor):
     def _assemble(self, clip: torch.Tensor) -> torch.Tensor:
         """[3, 16, 128, 171] uint8 -> [3, 16, 112, 112] float32, mean subtracted."""
         crop = clip[:, :, CROP_TOP:CROP_TOP + CROP, CROP_LEFT:CROP_LEFT + CROP]
-        return crop.float() - self._cropped_mean
+        return crop.float() - self._cropped_mean.to(crop.device)
 
 
 def _read_mean_volume(path: Path) -> torch.Tensor:

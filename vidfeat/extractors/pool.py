@@ -3,6 +3,7 @@ device policy, and the per-process pool that loads each model once."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ from vidfeat.extractors.weights import (
     verify,
 )
 from vidfeat.malloc import release_freed_memory
+
+log = logging.getLogger(__name__)
+# decoders that can decode on the GPU the models run on (NVDEC)
+GPU_DECODERS = ("torchcodec",)
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class ExtractorPool:
         self.specs = specs
         self.requested_device = device
         self._loaded: dict[str, Extractor] = {}
+        self._gpu_decode_failed = False
 
     def get(self, name: str) -> Extractor:
         if name not in self._loaded:
@@ -116,3 +122,19 @@ class ExtractorPool:
         return self._loaded[name]
 
 
+
+    def decode_device(self, decoder: str) -> str:
+        """Where frames are decoded: on the models' GPU when ``decoder`` can decode there
+        (frames never cross to host memory), else on the CPU; on the CPU for the rest of this
+        process once a GPU decode could not start (``gpu_decode_failed``)."""
+        if decoder not in GPU_DECODERS or self._gpu_decode_failed:
+            return "cpu"
+        try:
+            device = resolve_device(self.requested_device)
+        except ConfigError:  # reported by get() for every video
+            return "cpu"
+        return str(device) if device.type == "cuda" else "cpu"
+
+    def gpu_decode_failed(self, error: Exception) -> None:
+        log.warning("%s; decoding on the CPU from now on", error)
+        self._gpu_decode_failed = True

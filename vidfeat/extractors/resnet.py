@@ -119,7 +119,7 @@ class ResNet152Extractor(Extractor):
         # the preset takes the uint8 image as is, as torchvision's own pipeline does; the
         # frame is shrunk first one channel at a time (same values, less memory)
         transform = self.transform
-        image = resize_per_channel(torch.from_numpy(frame.rgb).permute(2, 0, 1), partial(
+        image = resize_per_channel(frame.tensor.permute(2, 0, 1), partial(
             resize, size=transform.resize_size, interpolation=transform.interpolation,
             antialias=transform.antialias))
         return transform(image)

@@ -96,7 +96,7 @@ class _TorchvisionVideoExtractor(Extractor):
     def _preprocess(self, frame: Frame) -> torch.Tensor:
         """One uint8 frame as a one-frame video (T=1, C, H, W) -> [C, 1, crop, crop]; shrunk
         first one channel at a time (same values, less memory)."""
-        image = resize_per_channel(torch.from_numpy(frame.rgb).permute(2, 0, 1).unsqueeze(0),
+        image = resize_per_channel(frame.tensor.permute(2, 0, 1).unsqueeze(0),
                                    partial(resize, size=list(self.transform.resize_size),
                                            interpolation=self.transform.interpolation,
                                            antialias=False))

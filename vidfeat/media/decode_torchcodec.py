@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 from torchcodec.decoders import VideoDecoder
 
-from vidfeat.errors import DecodeError
+from vidfeat.errors import DecodeError, DeviceDecodeError
 from vidfeat.media.frames import TIME_TOLERANCE, Decoded
 from vidfeat.media.probe import MediaInfo
 from vidfeat.media.timeline import frame_times
@@ -29,15 +29,18 @@ _CHUNK_BYTES = 64 << 20  # a kept frame keeps its chunk's tensor alive: bound it
 def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
            device: str) -> Iterator[Decoded]:
     """Frames with presentation time from ``start_time`` on, in chunks of consecutive frames,
-    as H x W x 3 uint8 arrays (CPU) or tensors (GPU)."""
+    as H x W x 3 uint8 tensors on ``device`` (kept as tensors on the CPU too, so the CPU path
+    runs the code a GPU decode does). Raises DeviceDecodeError when the file cannot be opened
+    on a device other than the CPU: the caller may decode it on the CPU instead."""
+    on_cpu = str(device) == "cpu"
     try:
         decoder = VideoDecoder(info.path, dimension_order="NHWC", seek_mode="exact",
                                num_ffmpeg_threads=0 if threads is None else threads,
                                device=device)
     except (RuntimeError, ValueError) as error:
-        lines = str(error).strip().splitlines()
-        raise DecodeError(f"{info.path}: torchcodec cannot open it on {device}: "
-                          f"{lines[-1] if lines else type(error).__name__}") from error
+        failure = DecodeError if on_cpu else DeviceDecodeError
+        raise failure(f"{info.path}: torchcodec cannot open it on {device}: "
+                      f"{_last_line(error)}") from error
     metadata = decoder.metadata
     count = len(decoder)
     first = 0
@@ -47,19 +50,29 @@ def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
         first = int(np.searchsorted(expected, start_time - TIME_TOLERANCE))
     frame_bytes = max(metadata.width or 1, 1) * max(metadata.height or 1, 1) * 3
     chunk = max(1, min(_CHUNK_FRAMES, _CHUNK_BYTES // frame_bytes))
-    on_cpu = str(device) == "cpu"
     for begin in range(first, count, chunk):
-        batch = decoder.get_frames_in_range(begin, min(begin + chunk, count))
+        try:
+            batch = decoder.get_frames_in_range(begin, min(begin + chunk, count))
+        except RuntimeError as error:
+            if on_cpu or begin != first:
+                raise
+            # NVDEC may open a file and still refuse its codec or profile
+            raise DeviceDecodeError(f"{info.path}: torchcodec cannot decode it on {device}: "
+                                    f"{_last_line(error)}") from error
         times = [pts - info.start_time for pts in batch.pts_seconds.tolist()]
         if expected is not None and not _same_times(times, expected[begin:begin + len(times)]):
             raise DecodeError(f"{info.path}: torchcodec's frame index does not match the "
                               f"container's packet timestamps; decode it with --decoder pyav")
-        images = batch.data.numpy() if on_cpu else batch.data
         durations = batch.duration_seconds.tolist()
-        for image, time, duration in zip(images, times, durations, strict=True):
+        for image, time, duration in zip(batch.data, times, durations, strict=True):
             yield Decoded(time, duration, image, 0)
 
 
 def _same_times(times: list[float], expected: np.ndarray) -> bool:
     return len(times) == len(expected) and bool(
         np.all(np.abs(np.asarray(times) - expected) <= TIME_TOLERANCE))
+
+
+def _last_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__

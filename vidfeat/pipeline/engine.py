@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vidfeat.errors import VidfeatError
+from vidfeat.errors import DeviceDecodeError, VidfeatError
 from vidfeat.extractors._api import Extractor, Item
 from vidfeat.extractors.pool import ExtractorPool
 from vidfeat.media import Frame, MediaInfo, iter_frames
@@ -77,6 +77,7 @@ class _Unit:
     features: dict[str, _Feature]
     attrs: dict[str, Any] = field(default_factory=dict)
     decoded: bool = False
+    decode_device: str = "cpu"
     frames: int = 0
     started: float = field(default_factory=time.perf_counter)
 
@@ -170,7 +171,8 @@ class Engine:
 
     def _finish(self, state: _Unit, store: str, report: TaskReport) -> None:
         unit = state.unit
-        records = [_record(feature, unit) for feature in state.features.values()]
+        decoded_by = (self.decoder, state.decode_device) if unit.kind == "visual" else None
+        records = [_record(feature, unit, decoded_by) for feature in state.features.values()]
         seconds = time.perf_counter() - state.started
         model_seconds = {name: feature.seconds for name, feature in state.features.items()}
         report.frames += state.frames
@@ -223,7 +225,7 @@ class Engine:
         samplers = {name: f.extractor.sampler(info, start_time=start) for name, f in live.items()}
         takes_frames = {name: f.extractor.modality == "frames" for name, f in live.items()}
         end = 0.0
-        for frame in _frames(info, segment, self.decoder, self.decoder_threads):
+        for frame in self._frames(state, info, segment):
             state.frames += 1
             end = frame.end
             for name, sampler in samplers.items():
@@ -270,6 +272,26 @@ class Engine:
             self._put(state, name, stream.finish(), math.inf, messages)
             live[name].padded = stream.padded
 
+    def _frames(self, state: _Unit, info: MediaInfo, segment: Segment | None
+                ) -> Iterator[Frame]:
+        """The unit's frames, on the GPU where the pool decodes there; a GPU decoder that
+        cannot start (no NVDEC for this codec, an FFmpeg without CUDA) leaves the CPU's."""
+        device = state.decode_device = self.pool.decode_device(self.decoder)
+        if device != "cpu":
+            frames = _frames(info, segment, self.decoder, self.decoder_threads, device)
+            try:
+                first = next(frames)
+            except StopIteration:
+                return
+            except DeviceDecodeError as error:
+                self.pool.gpu_decode_failed(error)
+                state.decode_device = "cpu"
+            else:
+                yield first
+                yield from frames
+                return
+        yield from _frames(info, segment, self.decoder, self.decoder_threads, "cpu")
+
     @staticmethod
     def _put(state: _Unit, name: str, items: list[Item], stop: float,
              messages: queue.Queue) -> None:
@@ -278,15 +300,15 @@ class Engine:
                 messages.put((state, name, item))
 
 
-def _frames(info: MediaInfo, segment: Segment | None, decoder: str, threads: int | None
-            ) -> Iterator[Frame]:
+def _frames(info: MediaInfo, segment: Segment | None, decoder: str, threads: int | None,
+            device: str) -> Iterator[Frame]:
     """The frames a unit needs: the whole video, or a segment's decode range (whole-video
     frame indices, so that samplers pick the same frames as an unsplit run)."""
     if segment is None:
-        return iter_frames(info, decoder=decoder, threads=threads)
+        return iter_frames(info, decoder=decoder, threads=threads, device=device)
     stop = None if math.isinf(segment.decode_stop_time) else segment.decode_stop_time
     return iter_frames(info, decoder=decoder, threads=threads, start_time=segment.start_time,
-                       stop_time=stop, first_index=segment.start_frame)
+                       stop_time=stop, first_index=segment.start_frame, device=device)
 
 
 def video_attrs(path: str, info: MediaInfo) -> dict[str, Any]:
@@ -297,7 +319,8 @@ def video_attrs(path: str, info: MediaInfo) -> dict[str, Any]:
             "file_mtime_ns": stat.st_mtime_ns}
 
 
-def _record(feature: _Feature, unit: WorkUnit) -> FeatureRecord:
+def _record(feature: _Feature, unit: WorkUnit, decoded_by: tuple[str, str] | None
+            ) -> FeatureRecord:
     if feature.failure is not None:
         return feature.failure
     extractor = feature.extractor
@@ -307,7 +330,7 @@ def _record(feature: _Feature, unit: WorkUnit) -> FeatureRecord:
     if not len(data) and unit.segment is None:
         return failed_record(extractor, "no rows: the video is too short for this extractor")
     return FeatureRecord(extractor.name, "ok", data=data, times=times,
-                         attrs=feature_attrs(extractor, feature.padded))
+                         attrs=feature_attrs(extractor, feature.padded, decoded_by))
 
 
 def outcomes(unit: WorkUnit, records: list[FeatureRecord],

@@ -11,7 +11,11 @@ from vidfeat.extractors._api import Extractor
 from vidfeat.storage.schema import FeatureRecord, Status
 
 
-def feature_attrs(extractor: Extractor, padded: bool = False) -> dict[str, Any]:
+def feature_attrs(extractor: Extractor, padded: bool = False,
+                  decoded_by: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The attributes a feature's rows are stored with; ``decoded_by``: a visual feature's
+    decoder and the device it decoded on (the CPU backends give the same frames, NVDEC's
+    colour conversion does not, so a GPU decode is recorded though not in the config hash)."""
     options = extractor.options()
     attrs = {key: value for key, value in options.items()
              if isinstance(value, (int, float, str, bool))}
@@ -28,6 +32,8 @@ def feature_attrs(extractor: Extractor, padded: bool = False) -> dict[str, Any]:
         device=str(extractor.device),
         vidfeat_version=__version__,
     )
+    if decoded_by is not None:
+        attrs["decoder"], attrs["decode_device"] = decoded_by
     return attrs
 
 

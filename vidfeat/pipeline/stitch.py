@@ -49,6 +49,8 @@ def stitch(parts: list[SegmentPart], modality: dict[str, str]) -> VideoRecord:
                                                 "extractor"))
             continue
         attrs = dict(record.attrs, segments=len(pieces))
+        if "decode_device" in attrs:  # a worker whose GPU decode failed did its parts on the CPU
+            attrs["decode_device"] = ",".join(sorted({p.attrs["decode_device"] for p in pieces}))
         records.append(FeatureRecord(record.feature, "ok", data=data, times=times, attrs=attrs))
     return VideoRecord(first.unit.video.video_id, first.attrs, records)
 

@@ -16,8 +16,10 @@ Every shard (and a merged single-file export, whose root attribute ``format`` is
                                         has_audio, audio_sample_rate, audio_channels, audio_start
     /videos/<video_id>/<feature>        attrs: status ("ok" | "failed" | "skipped"), reason,
                                         model, layer, weights_sha256, random_weights, config
-                                        (JSON), config_hash, padded, vidfeat_version, and the
-                                        sampling options (fps, frames, clip_len, stride, hop, ...)
+                                        (JSON), config_hash, padded, precision, compiled,
+                                        device, vidfeat_version, the sampling options (fps,
+                                        frames, clip_len, stride, hop, ...), and for visual
+                                        features decoder and decode_device ("cpu" | "cuda")
     /videos/<video_id>/<feature>/data   [N, D] float16 or float32   (status "ok" only)
     /videos/<video_id>/<feature>/times  [N, 2] float64 seconds from the video start
     /index                              merged file only: the index as JSON bytes, so opening
