@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from vidfeat.jobs.worker_env import worker_environment
@@ -53,6 +53,7 @@ def local_client(workers: int, threads_per_worker: int = 1, gpus: int = 0) -> It
                 _gpu_cluster(workers, threads_per_worker, gpus, environ) as cluster, \
                 Client(cluster) as client:
             yield client
+            _quiet_shutdown(client)
         return
     # the scheduler's HTTP server on a free port: 8787 may be another run's
     with _environ_restored(list(environ)), \
@@ -62,6 +63,19 @@ def local_client(workers: int, threads_per_worker: int = 1, gpus: int = 0) -> It
                          silence_logs=logging.ERROR) as cluster, \
             Client(cluster) as client:
         yield client
+        _quiet_shutdown(client)
+
+
+def _quiet_shutdown(client: Any) -> None:
+    """Mute the workers' logs once the run is over: closing a cluster races each worker's
+    heartbeat against its own comms, and the loser logs a "Failed to communicate with
+    scheduler during heartbeat" traceback on the terminal of a run that went fine (or was
+    stopped with Ctrl-C). Only for clusters vidfeat closes: a user's workers keep their logs."""
+    def mute() -> None:
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+    with suppress(Exception):  # a worker already gone has nothing left to say
+        client.run(mute)
 
 
 @contextmanager
