@@ -203,6 +203,46 @@ def test_flags_override_the_job_file(tmp_path: Path) -> None:
     assert job.options().extractor_options["resnet152"] == {"fps": 1}  # the file's unchanged
 
 
+def _command_line_cluster(*flags: str) -> object:
+    from vidfeat.cli import build_parser, extract_job
+
+    args = build_parser().parse_args(["extract", "v.mp4", "--store", "s", *flags])
+    return extract_job(args).cluster.resolved()
+
+
+def test_gpu_worker_flags_shape_the_local_cluster() -> None:
+    # this machine has no GPU: auto finds none, and the CPU workers are what they always were
+    for flags in ((), ("--device", "cpu"), ("--device", "cuda")):
+        cluster = _command_line_cluster(*flags)
+        assert (cluster.kind, cluster.workers, cluster.gpus) == ("local", 2, 0), flags
+        assert not cluster.model_resources
+    cluster = _command_line_cluster("--gpus", "2")
+    assert (cluster.workers, cluster.gpus, dict(cluster.model_resources)) == (0, 2, {"GPU": 1})
+    cluster = _command_line_cluster("--gpus", "1", "--workers", "3")
+    assert (cluster.workers, cluster.gpus) == (3, 1)
+    assert _command_line_cluster("--workers", "1").workers == 1
+
+
+def test_a_bad_gpu_count_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_code:
+        main(["extract", "v.mp4", "--store", "s", "--gpus", "many"])
+    assert exit_code.value.code == 2
+    assert "--gpus: expected a number >= 0 or auto, got 'many'" in capsys.readouterr().err
+
+
+def test_gpu_worker_processes_get_the_model_tasks(corpus: Path, tmp_path: Path) -> None:
+    # one worker process declared a GPU worker next to one CPU worker: every model task goes
+    # to it (on this machine it finds no GPU, so its models run on the CPU)
+    store = tmp_path / "store"
+    assert main(["extract", str(corpus / "talk.mp4"), str(corpus / "silent.mp4"), "--store",
+                 str(store), "--features", "resnet152", "--gpus", "1", "--workers", "1",
+                 "--random-weights", "--no-progress"]) == 0
+    features = vidfeat.open_store(str(store))
+    assert sorted(features.videos()) == ["silent", "talk"]
+    report = yaml.safe_load(next((store / "runs").glob("*.json")).read_text())
+    assert "gpus=1" in report["configuration"]["cluster"]
+
+
 def test_globs_and_list_files_relative_to_the_job_file(corpus: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "videos").symlink_to(corpus)

@@ -15,9 +15,13 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vidfeat import __version__
 from vidfeat.errors import ConfigError, StoreError, VidfeatError, WeightsError
+
+if TYPE_CHECKING:
+    from vidfeat.jobs.jobfile import Job
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_BROKEN = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
@@ -60,11 +64,17 @@ def _check_extract_args(args: argparse.Namespace) -> list[str] | None:
     return features
 
 
+def _gpu_count(value: str) -> int | str:
+    if value == "auto" or (value.isdigit() and int(value) >= 0):
+        return value if value == "auto" else int(value)
+    raise argparse.ArgumentTypeError(f"expected a number >= 0 or auto, got {value!r}")
+
+
 def _extract_flags(args: argparse.Namespace) -> dict:
     """The flags given on the command line (None: not given, so a job file's value stands)."""
     return dict(
         sources=args.sources or None, store=args.store, features=_check_extract_args(args),
-        workers=args.workers, scheduler=args.scheduler, device=args.device,
+        workers=args.workers, gpus=args.gpus, scheduler=args.scheduler, device=args.device,
         weights_dir=str(Path(args.weights_dir).resolve()) if args.weights_dir else None,
         random_weights=args.random_weights or None,
         weights_files={name: str(Path(path).resolve())
@@ -88,22 +98,32 @@ def _run_job(job) -> int:  # job: vidfeat.jobs.jobfile.Job, imported lazily
     return report.exit_code
 
 
+def extract_job(args: argparse.Namespace) -> Job:
+    """The job ``vidfeat extract`` runs: the job file's or the command line's, flags over it."""
+    from vidfeat.jobs.cluster import ClusterSpec
+    from vidfeat.jobs.jobfile import Job, load_job
+
+    if args.config:
+        job = load_job(args.config)
+    elif not args.sources or not args.store:
+        raise ConfigError("extract needs SOURCE... and --store, or --config JOB.yaml")
+    else:
+        # one worker process per GPU unless the models must stay on the CPU; without a GPU
+        # this is the 2 CPU worker processes it always was
+        job = Job("command line", [], "", cluster=ClusterSpec(
+            workers=None, gpus=0 if args.device == "cpu" else "auto"))
+    return job.with_flags(**_extract_flags(args))
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from vidfeat.jobs.cluster import open_client
-    from vidfeat.jobs.jobfile import Job, load_job
     from vidfeat.pipeline.run import run_extraction
 
     if args.task_timeout is not None and args.task_timeout <= 0:
         raise ConfigError(f"--task-timeout must be positive, got {args.task_timeout:g}")
     if args.wait_lock is not None and args.wait_lock < 0:
         raise ConfigError(f"--wait-lock must be at least 0, got {args.wait_lock:g}")
-    if args.config:
-        job = load_job(args.config)
-    elif not args.sources or not args.store:
-        raise ConfigError("extract needs SOURCE... and --store, or --config JOB.yaml")
-    else:
-        job = Job("command line", [], "")
-    job = job.with_flags(**_extract_flags(args))
+    job = extract_job(args)
     options = job.options()
     if options.random_weights:
         print("WARNING: --random-weights: seeded random initialisation, NOT pretrained features",
@@ -317,7 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--store", help="store directory (created if missing)")
     extract.add_argument("--features",
                          help="comma-separated extractors (default resnet152,c3d,vggish)")
-    extract.add_argument("--workers", type=int, help="local worker processes (default 2)")
+    extract.add_argument("--workers", type=int,
+                         help="local CPU worker processes (default 2; 0 beside GPU workers)")
+    extract.add_argument("--gpus", type=_gpu_count, metavar="N|auto",
+                         help="GPU worker processes, one per GPU (default auto: as many as "
+                              "torch sees, unless --device cpu); --workers then counts the CPU "
+                              "worker processes beside them (default 0 with GPUs, else 2)")
     extract.add_argument("--scheduler", help="use a running Dask scheduler, tcp://HOST:PORT")
     extract.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     extract.add_argument("--weights-dir", help="look for weights files here before the cache")

@@ -56,7 +56,8 @@ class Job:
     def with_flags(self, **given: Any) -> Job:
         """This job with the command line's flags applied over it (None: not given).
         ``scheduler`` replaces the backend by that address and keeps the model tasks'
-        resources; ``workers`` sets a local cluster's worker count."""
+        resources; ``workers`` and ``gpus`` set a local cluster's CPU and GPU worker
+        processes."""
         given = {key: value for key, value in given.items() if value is not None}
         job = self
         if "sources" in given:
@@ -65,12 +66,13 @@ class Job:
         if "store" in given:
             job = replace(job, store=given.pop("store"))
         cluster = job.cluster
-        scheduler, workers = given.pop("scheduler", None), given.pop("workers", None)
+        scheduler = given.pop("scheduler", None)
+        local = {key: given.pop(key) for key in ("workers", "gpus") if key in given}
         if scheduler:
             cluster = replace(cluster.resolved() if cluster.kind != "local" else cluster,
                               kind="address", address=scheduler, settings={})
-        elif workers is not None:
-            cluster = replace(cluster, kind="local", workers=workers, settings={})
+        elif local:
+            cluster = replace(cluster, kind="local", settings={}, **local)
         run = dict(job.run)
         for key in ("weights_files", "extractor_options"):
             if key in given:  # merged: a flag adds to or changes what the file says
