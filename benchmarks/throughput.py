@@ -22,11 +22,18 @@ and the ratios limit / vidfeat and seed / vidfeat. Random weights: the speed is 
 compiled (``vidfeat extract --compile``): the model limit then runs the compiled packages too,
 and the packages are built before anything is timed (the one-time build is printed apart: a
 nightly run on a machine that built them once starts with them in its cache).
+
+``--device cuda`` (a GPU machine): the model limit and the seed's path run their models on the
+GPU (the limit's inputs already there), vidfeat runs one GPU worker process (``--gpus 1``) once
+per ``--decoders`` entry (pyav: CPU decode; torchcodec: NVDEC), and each row adds images/s and
+clips/s (inputs over wall time) and the GPU's busy % (``nvidia-smi``, sampled every 0.2 s:
+over the whole run, and from the first busy sample to the last, i.e. without start-up).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import subprocess
@@ -89,30 +96,30 @@ def input_counts(paths: list[Path]) -> dict[str, int]:
 
 
 def model_limit(features: list[str], counts: dict[str, int], precision: str,
-                compiled: bool = False) -> float:
+                compiled: bool = False, device: str = "cpu") -> dict[str, float]:
     """Seconds of batched inference; with ``compiled``, through the packages vidfeat's
     workers will load (built there first, if the cache lacks them, untimed). In a fresh
     process whose malloc is tuned as vidfeat's workers are: with glibc's default thresholds
     every large activation is a fresh mmap, and ResNet-152 ran 1.65x slower (C3D 1.19x, VGGish
     1.14x). The limit is the best the model can do; the seed's path keeps this plain process,
-    as the naive script it stands for would."""
+    as the naive script it stands for would. Seconds per feature."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_model_limit, (features, counts, precision, compiled))
+        return pool.apply(_model_limit, (features, counts, precision, compiled, device))
 
 
 def _model_limit(features: list[str], counts: dict[str, int], precision: str,
-                 compiled: bool) -> float:
+                 compiled: bool, device: str) -> dict[str, float]:
     from vidfeat.extractors.pool import ExtractorSpec
     from vidfeat.malloc import tune_malloc
 
     tune_malloc()
     torch.set_num_threads(os.cpu_count() or 1)
     shapes = {"resnet152": (3, 224, 224), "c3d": (3, 16, 112, 112), "vggish": (1, 96, 64)}
-    total = 0.0
+    seconds = {}
     for name in features:
         extractor = ExtractorSpec(name, random_weights=True, precision=precision,
-                                  compiled=compiled).load(torch.device("cpu"))
-        batch = torch.rand(BATCH[name], *shapes[name])
+                                  compiled=compiled).load(torch.device(device))
+        batch = torch.rand(BATCH[name], *shapes[name], device=device)
         started = time.perf_counter()
         extractor.embed(batch[:2])  # warm up oneDNN's kernels; build or load the package
         if compiled and extractor._network.built:
@@ -121,17 +128,19 @@ def _model_limit(features: list[str], counts: dict[str, int], precision: str,
         left = counts[name]
         started = time.perf_counter()
         while left > 0:
-            extractor.embed(batch[:min(left, BATCH[name])])
+            extractor.embed(batch[:min(left, BATCH[name])])  # rows back on the host: synced
             left -= BATCH[name]
-        total += time.perf_counter() - started
-    return total
+        seconds[name] = time.perf_counter() - started
+    return seconds
 
 
-def seed_path(paths: list[Path], scratch: Path, features: list[str]) -> float:
+def seed_path(paths: list[Path], scratch: Path, features: list[str], device: str = "cpu"
+              ) -> float:
     """What the captioning report did, and the same naive path for the other features: every
     frame to JPEG once per video; ResNet-152 on the frames picked at 1 fps and C3D on each
     16-frame clip of JPEGs read back with PIL, both at batch 1; VGGish on a 16 kHz WAV file
-    that ffmpeg writes, one batch per video (torchvggish's way). fp32, no channels_last."""
+    that ffmpeg writes, one batch per video (torchvggish's way). fp32, no channels_last; on
+    ``device`` (each input copied there as it is made)."""
     from PIL import Image
     from torchvision.models import resnet152
     from torchvision.transforms import v2
@@ -144,6 +153,7 @@ def seed_path(paths: list[Path], scratch: Path, features: list[str]) -> float:
     resnet = resnet152().eval()
     resnet.fc = torch.nn.Identity()
     c3d, vggish = C3D().eval(), VGGishNet().eval()
+    resnet, c3d, vggish = (model.to(device) for model in (resnet, c3d, vggish))
     transform = v2.Compose([v2.Resize(256), v2.CenterCrop(224), v2.ToImage(),
                             v2.ToDtype(torch.float32, scale=True),
                             v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
@@ -169,10 +179,10 @@ def seed_path(paths: list[Path], scratch: Path, features: list[str]) -> float:
                 step = len(files) / wanted
                 for k in range(wanted):
                     image = Image.open(files[min(len(files) - 1, int(k * step))]).convert("RGB")
-                    resnet(transform(image).unsqueeze(0))
+                    resnet(transform(image).unsqueeze(0).to(device))
             if "c3d" in features:
                 for first in range(0, len(files) - 15, 16):
-                    c3d(clip(files[first:first + 16]), layer="fc6")
+                    c3d(clip(files[first:first + 16]).to(device), layer="fc6")
             if "vggish" in features:
                 wav = frames / "audio.wav"
                 subprocess.run([executable("ffmpeg"), "-v", "error", "-i", str(path), "-ac",
@@ -180,18 +190,26 @@ def seed_path(paths: list[Path], scratch: Path, features: list[str]) -> float:
                 with wave.open(str(wav)) as reader:
                     pcm = reader.readframes(reader.getnframes())
                 samples = np.frombuffer(pcm, dtype="<i2") / 32768.0
-                vggish(torch.from_numpy(waveform_to_examples(samples)).unsqueeze(1))
+                vggish(torch.from_numpy(waveform_to_examples(samples)).unsqueeze(1).to(device))
         for file in frames.iterdir():
             file.unlink()
+    if device != "cpu":
+        torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
 def run_vidfeat(corpus: Path, store: Path, features: list[str], workers: int, precision: str,
-                compiled: bool = False) -> tuple[float, list[float]]:
+                compiled: bool = False, device: str = "cpu", decoder: str = "pyav"
+                ) -> tuple[float, list[float]]:
+    """Wall seconds of `vidfeat extract` and its worker processes' peak RSS. On a GPU: one GPU
+    worker process and no CPU worker (``workers`` is ignored)."""
+    placement = ["--device", "cpu", "--workers", str(workers)] if device == "cpu" else [
+        "--device", device, "--gpus", "1", "--workers", "0"]
+    workers = 1 if device != "cpu" else workers
     command = [sys.executable, "-m", "vidfeat", "extract", str(corpus), "--store", str(store),
-               "--features", ",".join(features), "--workers", str(workers), "--random-weights",
-               "--no-progress", "--precision", precision, "--dtype", "float32",
-               *(["--compile"] if compiled else [])]
+               "--features", ",".join(features), *placement, "--decoder", decoder,
+               "--random-weights", "--no-progress", "--precision", precision,
+               "--dtype", "float32", *(["--compile"] if compiled else [])]
     peaks: dict[int, float] = {}
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -223,6 +241,36 @@ def run_vidfeat(corpus: Path, store: Path, features: list[str], workers: int, pr
     return elapsed, sorted(peaks.values(), reverse=True)[:workers]
 
 
+class GpuBusy:
+    """The GPU's busy % (``nvidia-smi`` utilization.gpu: the share of time a kernel ran),
+    sampled every 0.2 s while inside."""
+
+    def __enter__(self) -> GpuBusy:
+        self._sampler = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+             "-i", "0", "-lms", "200"], stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sampler.terminate()
+        output, _ = self._sampler.communicate()
+        self.samples = [float(line) for line in output.split() if line.strip().isdigit()]
+
+    def summary(self) -> str:
+        busy = [i for i, sample in enumerate(self.samples) if sample > 0]
+        if not busy:
+            return "GPU busy: no busy sample"
+        active = self.samples[busy[0]:busy[-1] + 1]
+        return (f"GPU busy {np.mean(self.samples):.0f} % of the run, {np.mean(active):.0f} % "
+                f"from its first busy sample to its last")
+
+
+def rates(counts: dict[str, int], seconds: dict[str, float]) -> str:
+    units = {"resnet152": "images", "c3d": "clips", "vggish": "examples"}
+    return ", ".join(f"{counts[name] / seconds[name]:.0f} {units[name]}/s ({name})"
+                     for name in seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path)
@@ -231,7 +279,12 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--feature-sets", default="resnet152,c3d,vggish:resnet152")
     parser.add_argument("--modes", default="eager", help="eager, compiled or both")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--decoders", default="pyav",
+                        help="with --device cuda: vidfeat's decoders to run (pyav decodes on "
+                             "the CPU, torchcodec on the GPU)")
     args = parser.parse_args()
+    gpu = args.device == "cuda"
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vidfeat-bench-"))
     # the compiled packages this benchmark builds, where vidfeat's workers look for them
     os.environ["VIDFEAT_HOME"] = str(workdir / "home")
@@ -239,7 +292,8 @@ def main() -> None:
     paths = make_corpus(corpus, args.scale)
     minutes = sum(probe(p).duration for p in paths) / 60
     print(f"corpus: {len(paths)} videos, {minutes:.1f} min; cores: {os.cpu_count()}; "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}"
+          + (f"; {torch.cuda.get_device_name()}" if gpu else ""))
     decode = decode_limit(paths)
     counts = input_counts(paths)
     print(f"decode limit: {decode:.1f} s; inputs: {counts}")
@@ -249,22 +303,33 @@ def main() -> None:
             features = feature_set.split(",")
             for mode in args.modes.split(","):
                 compiled = mode == "compiled"
-                limit = decode + model_limit(features, counts, precision, compiled)
+                model = model_limit(features, counts, precision, compiled, args.device)
+                limit = decode + sum(model.values())
                 line = f"[{precision} {mode} {feature_set}] decode+model limit {limit:.1f} s"
+                if gpu:
+                    line += f" (model alone: {rates(counts, model)})"
                 if feature_set not in seeds:
-                    seeds[feature_set] = seed_path(paths, workdir / "jpeg", features)
+                    seeds[feature_set] = seed_path(paths, workdir / "jpeg", features,
+                                                   args.device)
                 seed = seeds[feature_set]
                 line += f"; seed JPEG path (fp32) {seed:.1f} s"
                 print(line, flush=True)
-                for workers in [int(w) for w in args.workers.split(",")]:
+                runs = [(f"1 GPU worker, {decoder} decode", 1, decoder)
+                        for decoder in args.decoders.split(",")] if gpu else [
+                    (f"{workers} worker(s)", workers, "pyav")
+                    for workers in [int(w) for w in args.workers.split(",")]]
+                for label, workers, decoder in runs:
                     store = workdir / f"store-{precision}-{mode}-{len(features)}-{workers}"
                     subprocess.run(["rm", "-rf", str(store)], check=True)
-                    seconds, rss = run_vidfeat(corpus, store, features, workers, precision,
-                                               compiled)
+                    with GpuBusy() if gpu else contextlib.nullcontext() as busy:
+                        seconds, rss = run_vidfeat(corpus, store, features, workers, precision,
+                                                   compiled, args.device, decoder)
                     ratios = f"limit/vidfeat {limit / seconds:.2f}, seed/vidfeat " \
                              f"{seed / seconds:.2f}"
-                    print(f"    vidfeat {workers} worker(s): {seconds:.1f} s ({ratios}); peak "
-                          f"RSS per worker {', '.join(f'{r:.0f}' for r in rss)} MiB", flush=True)
+                    extra = (f"; {rates(counts, dict.fromkeys(features, seconds))}; "
+                             f"{busy.summary()}") if gpu else ""
+                    print(f"    vidfeat {label}: {seconds:.1f} s ({ratios}); peak RSS per "
+                          f"worker {', '.join(f'{r:.0f}' for r in rss)} MiB{extra}", flush=True)
 
 if __name__ == "__main__":
     main()
