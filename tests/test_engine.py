@@ -205,3 +205,30 @@ def test_frames_decoded_as_tensors_give_the_rows_of_pyavs_frames(videos: dict[st
         np.testing.assert_array_equal(tensors[key][1], times)
         np.testing.assert_allclose(tensors[key][0], data, rtol=1e-5,
                                    atol=1e-5 * np.abs(data).max())
+
+
+def test_several_decode_threads_give_the_rows_of_one(videos: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    # GPU workers decode several units at once: items of different videos interleave in the
+    # queue and the batches, and every video must still get its own rows in order
+    pool = ExtractorPool({n: ExtractorSpec(n, {}, random_weights=True)
+                          for n in ("resnet152", "c3d")}, "cpu")
+    paths = [videos["vfr"], *(videos[f"short{i}"] for i in range(3))]
+    rows = {}
+    for threads in (1, 3):
+        store = create_store(tmp_path / f"threads{threads}")
+        report = Engine(pool, batch_size=4, dtype="float32", decoder_threads=2,
+                        decode_threads=threads).run(
+            [WorkUnit(VideoSource(p.stem, str(p)), "visual", ("resnet152", "c3d"),
+                      f"xx/{p.stem}", probe(p)) for p in paths], str(store))
+        assert {o.status for o in report.outcomes} == {"ok"}
+        assert len(report.shards) == len(paths)
+        from vidfeat.storage.index import StoreIndex
+
+        StoreIndex(store).add_unindexed()
+        rows[threads] = {(p.stem, n): _rows(store, p.stem, n) for p in paths
+                         for n in ("resnet152", "c3d")}
+    for key, (data, times) in rows[1].items():
+        np.testing.assert_array_equal(rows[3][key][1], times)
+        np.testing.assert_allclose(rows[3][key][0], data, rtol=1e-4,
+                                   atol=1e-4 * np.abs(data).max())

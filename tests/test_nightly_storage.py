@@ -326,7 +326,7 @@ def _cli_in_process(capsys, *args: str) -> int:
 
 
 @pytest.mark.parametrize("flags", [["--batch-size", "0"], ["--features", ","],
-                                   ["--features", " , "]])
+                                   ["--features", " , "], ["--decode-threads", "0"]])
 def test_bad_extract_flags_are_usage_errors_before_the_store_exists(tmp_path: Path, capsys,
                                                                     flags: list[str]):
     video = tmp_path / "v.mp4"

@@ -81,7 +81,7 @@ def _extract_flags(args: argparse.Namespace) -> dict:
                        for name, path in _pairs(args.weights, "--weights")} or None,
         extractor_options=_extractor_options(args.set) or None, dtype=args.dtype,
         batch_size=args.batch_size, precision=args.precision,
-        compile=args.compile or None, decoder=args.decoder,
+        compile=args.compile or None, decoder=args.decoder, decode_threads=args.decode_threads,
         segment_seconds=args.segment_seconds, overwrite=args.overwrite or None,
         limit=args.limit, progress=False if args.no_progress else None,
     )
@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "faster in fp32 on CPU; the first run on a machine builds them)")
     extract.add_argument("--decoder", choices=["pyav", "decord", "torchcodec"],
                          help="video decoder backend (default pyav)")
+    extract.add_argument("--decode-threads", type=int,
+                         help="videos each worker decodes at once (default 1 where the models "
+                              "run on the CPU, a quarter of the worker's cores on a GPU)")
     extract.add_argument("--segment-seconds", type=float,
                          help="media seconds per task; longer videos are split into segments "
                               "of about this length (default: sized by the corpus and workers)")

@@ -127,13 +127,16 @@ class ExtractorPool:
         """Where frames are decoded: on the models' GPU when ``decoder`` can decode there
         (frames never cross to host memory), else on the CPU; on the CPU for the rest of this
         process once a GPU decode could not start (``gpu_decode_failed``)."""
-        if decoder not in GPU_DECODERS or self._gpu_decode_failed:
+        if decoder not in GPU_DECODERS or self._gpu_decode_failed or not self.on_gpu():
             return "cpu"
+        return str(resolve_device(self.requested_device))
+
+    def on_gpu(self) -> bool:
+        """Whether this process's models run on a GPU."""
         try:
-            device = resolve_device(self.requested_device)
+            return resolve_device(self.requested_device).type == "cuda"
         except ConfigError:  # reported by get() for every video
-            return "cpu"
-        return str(device) if device.type == "cuda" else "cpu"
+            return False
 
     def gpu_decode_failed(self, error: Exception) -> None:
         log.warning("%s; decoding on the CPU from now on", error)

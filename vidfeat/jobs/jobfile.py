@@ -15,7 +15,7 @@ from vidfeat.pipeline.run import RunOptions
 
 #: job file keys that are RunOptions fields of the same name
 _RUN_KEYS = ("device", "random_weights", "dtype", "batch_size", "precision", "compile",
-             "decoder", "segment_seconds", "overwrite", "limit", "progress")
+             "decoder", "decode_threads", "segment_seconds", "overwrite", "limit", "progress")
 #: paths inside a backend's section, relative to the job file like every other path
 _BACKEND_PATHS = ("log_directory", "local_directory")
 _GLOB_CHARACTERS = frozenset("*?[")

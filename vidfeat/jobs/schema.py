@@ -86,6 +86,7 @@ JOB_SCHEMA: dict[str, Any] = _section({
     "compile": {"type": "boolean", "expected": "true or false"},
     "decoder": {"enum": ["pyav", "decord", "torchcodec"],
                 "expected": "pyav, decord or torchcodec"},
+    "decode_threads": _POSITIVE_INT,
     "segment_seconds": _SECONDS,
     "overwrite": {"type": "boolean", "expected": "true or false"},
     "limit": _POSITIVE_INT,

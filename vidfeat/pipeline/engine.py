@@ -1,7 +1,8 @@
 """The worker engine: runs one task's work units so that the model never waits.
 
-A decode thread walks the units (decode each video once for all its visual features, or its
-audio), feeds every frame to the samplers and puts the preprocessed items on a bounded queue;
+Decode threads (one, or ``decode_threads`` decoding that many units at once) walk the units
+(decode each video once for all its visual features, or its audio), feed every frame to the
+samplers and put the preprocessed items on a bounded queue;
 the calling thread drains it into fixed-size batches per extractor, filled from several units,
 and embeds each batch while the decoder prepares the next (PyAV and torch release the GIL).
 Rows go back to their unit; a unit is finished when its decode ended and its last item was
@@ -92,9 +93,13 @@ class Engine:
     def __init__(self, pool: ExtractorPool, *, batch_size: int | None = None,
                  dtype: str = "float16",
                  decoder: str = "pyav", decoder_threads: int | None = None,
-                 queue_items: int | None = None) -> None:
+                 decode_threads: int = 1, queue_items: int | None = None) -> None:
+        """``decoder_threads``: the threads all decoding shares (None: FFmpeg's choice);
+        ``decode_threads``: units decoded at once, for a model faster than one decoder (a GPU's)
+        """
         self.pool = pool
         self.decoder_threads = decoder_threads
+        self.decode_threads = decode_threads
         self.batch_size = batch_size
         self.dtype = dtype
         self.decoder = decoder
@@ -119,11 +124,20 @@ class Engine:
         # room for the next batch of every model while the current one runs
         messages: queue.Queue = queue.Queue(
             maxsize=self.queue_items or 2 * max(sizes.values(), default=16))
-        decoder = threading.Thread(target=self._decode_all, args=(states, messages),
-                                   name="vidfeat-decode", daemon=True)
-        decoder.start()
+        waiting: queue.SimpleQueue = queue.SimpleQueue()  # units no decoder has taken yet
+        for state in states:
+            waiting.put(state)
+        decoders = [threading.Thread(target=self._decode_all, args=(waiting, messages),
+                                     name=f"vidfeat-decode-{i}", daemon=True)
+                    for i in range(max(1, min(self.decode_threads, len(states))))]
+        for decoder in decoders:
+            decoder.start()
         batches: dict[str, list[tuple[_Unit, Item]]] = {}
-        while (message := messages.get()) is not None:
+        decoding = len(decoders)
+        while decoding:
+            if (message := messages.get()) is None:  # a decoder found no unit left
+                decoding -= 1
+                continue
             state, name, item = message
             if item is None:  # the unit's decode ended
                 state.decoded = True
@@ -135,7 +149,8 @@ class Engine:
                     self._embed(name, batch)
                     batch.clear()
             self._finish_done(states, store, report)
-        decoder.join()
+        for decoder in decoders:
+            decoder.join()
         for name, batch in batches.items():
             if batch:
                 self._embed(name, batch)
@@ -187,13 +202,23 @@ class Engine:
         report.outcomes += outcomes(unit, records, model_seconds)
 
     # ---- decode side (its own thread) ----------------------------------------------------
-    def _decode_all(self, states: list[_Unit], messages: queue.Queue) -> None:
+    def _decode_all(self, waiting: queue.SimpleQueue, messages: queue.Queue) -> None:
         try:
-            for state in list(states):
+            while True:
+                try:
+                    state = waiting.get_nowait()
+                except queue.Empty:
+                    return
                 self._decode_unit(state, messages)
                 messages.put((state, None, None))
         finally:
             messages.put(None)
+
+    @property
+    def _threads_per_decoder(self) -> int | None:
+        if self.decoder_threads is None:
+            return None
+        return max(1, self.decoder_threads // max(1, self.decode_threads))
 
     def _decode_unit(self, state: _Unit, messages: queue.Queue) -> None:
         unit = state.unit
@@ -278,7 +303,7 @@ class Engine:
         cannot start (no NVDEC for this codec, an FFmpeg without CUDA) leaves the CPU's."""
         device = state.decode_device = self.pool.decode_device(self.decoder)
         if device != "cpu":
-            frames = _frames(info, segment, self.decoder, self.decoder_threads, device)
+            frames = _frames(info, segment, self.decoder, self._threads_per_decoder, device)
             try:
                 first = next(frames)
             except StopIteration:
@@ -290,7 +315,7 @@ class Engine:
                 yield first
                 yield from frames
                 return
-        yield from _frames(info, segment, self.decoder, self.decoder_threads, "cpu")
+        yield from _frames(info, segment, self.decoder, self._threads_per_decoder, "cpu")
 
     @staticmethod
     def _put(state: _Unit, name: str, items: list[Item], stop: float,

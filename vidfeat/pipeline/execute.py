@@ -62,8 +62,11 @@ def _run_units(units: list[WorkUnit], store: str, plugin_name: str, options: Run
     from vidfeat.pipeline.worker import worker_state
 
     state = worker_state(plugin_name)
+    decode_threads = options.decode_threads or (
+        max(1, state.torch_threads // 4) if state.pool.on_gpu() else 1)
     engine = Engine(state.pool, batch_size=options.batch_size, dtype=options.dtype,
-                    decoder=options.decoder, decoder_threads=state.torch_threads)
+                    decoder=options.decoder, decoder_threads=state.torch_threads,
+                    decode_threads=decode_threads)
     try:
         return engine.run(units, store)
     except StoreFullError as error:  # returned: the driver stops the run, the worker logs nothing

@@ -46,6 +46,9 @@ class RunOptions:
     #: models as cached AOTInductor packages (a feature may override: c3d.compile=false)
     compile: bool = False
     decoder: str = "pyav"
+    #: units a worker decodes at once; None: 1 where the models run on the CPU (they are the
+    #: bottleneck), a quarter of the worker's cores where they run on a GPU (decode is)
+    decode_threads: int | None = None
     #: media seconds per task (and per segment of a long video); None: sized by the corpus
     segment_seconds: float | None = None
     #: Dask worker resources a model task needs, e.g. {"GPU": 1}: model tasks then run only
@@ -63,6 +66,8 @@ class RunOptions:
         if self.dtype not in ("float16", "float32"):
             raise ConfigError(f"--dtype must be float16 or float32, got {self.dtype!r}")
         check_decoder(self.decoder)
+        if self.decode_threads is not None and self.decode_threads < 1:
+            raise ConfigError(f"--decode-threads must be at least 1, got {self.decode_threads}")
         if self.segment_seconds is not None and self.segment_seconds <= 0:
             raise ConfigError(f"segment seconds must be positive, got {self.segment_seconds}")
         check_precision(self.precision)
