@@ -208,7 +208,9 @@ class C3DExtractor(Extractor):
     def _assemble(self, clip: torch.Tensor) -> torch.Tensor:
         """[3, 16, 128, 171] uint8 -> [3, 16, 112, 112] float32, mean subtracted."""
         crop = clip[:, :, CROP_TOP:CROP_TOP + CROP, CROP_LEFT:CROP_LEFT + CROP]
-        return crop.float() - self._cropped_mean.to(crop.device)
+        if self._cropped_mean.device != crop.device:  # frames decoded on a GPU: moved once
+            self._cropped_mean = self._cropped_mean.to(crop.device)
+        return crop.float() - self._cropped_mean
 
 
 def _read_mean_volume(path: Path) -> torch.Tensor:
