@@ -121,8 +121,6 @@ class ExtractorPool:
             release_freed_memory()
         return self._loaded[name]
 
-
-
     def decode_device(self, decoder: str) -> str:
         """Where frames are decoded: on the models' GPU when ``decoder`` can decode there
         (frames never cross to host memory), else on the CPU; on the CPU for the rest of this
