@@ -201,7 +201,7 @@ class Engine:
         report.shards.append(shard)
         report.outcomes += outcomes(unit, records, model_seconds)
 
-    # ---- decode side (the decode threads) --------------------------------------------------------
+    # ---- decode side (the decode threads) ------------------------------------------------
     def _decode_all(self, waiting: queue.SimpleQueue, messages: queue.Queue) -> None:
         try:
             while True:
