@@ -230,9 +230,11 @@ def test_a_bad_gpu_count_is_a_usage_error(capsys: pytest.CaptureFixture) -> None
     assert "--gpus: expected a number >= 0 or auto, got 'many'" in capsys.readouterr().err
 
 
-def test_gpu_worker_processes_get_the_model_tasks(corpus: Path, tmp_path: Path) -> None:
-    # one worker process declared a GPU worker next to one CPU worker: every model task goes
-    # to it (on this machine it finds no GPU, so its models run on the CPU)
+def test_a_run_with_gpu_worker_processes_completes(corpus: Path, tmp_path: Path) -> None:
+    # --gpus starts the GPU-worker cluster (a SpecCluster of Nannies, one declaring GPU=1
+    # beside a CPU worker); model tasks need GPU=1, so only that worker can have run them
+    # (routing by resource is checked in test_cluster_address.py). On this machine it finds no
+    # GPU, so its models run on the CPU.
     store = tmp_path / "store"
     assert main(["extract", str(corpus / "talk.mp4"), str(corpus / "silent.mp4"), "--store",
                  str(store), "--features", "resnet152", "--gpus", "1", "--workers", "1",
