@@ -326,9 +326,7 @@ def _cli_in_process(capsys, *args: str) -> int:
 
 
 @pytest.mark.parametrize("flags", [["--batch-size", "0"], ["--features", ","],
-                                   ["--features", " , "], ["--decode-threads", "0"],
-                                   ["--scheduler", "tcp://127.0.0.1:1", "--gpus", "1"],
-                                   ["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]])
+                                   ["--features", " , "], ["--decode-threads", "0"]])
 def test_bad_extract_flags_are_usage_errors_before_the_store_exists(tmp_path: Path, capsys,
                                                                     flags: list[str]):
     video = tmp_path / "v.mp4"

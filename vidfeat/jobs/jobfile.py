@@ -68,10 +68,6 @@ class Job:
         cluster = job.cluster
         scheduler = given.pop("scheduler", None)
         local = {key: given.pop(key) for key in ("workers", "gpus") if key in given}
-        if scheduler and local:
-            flags = " and ".join(f"--{key}" for key in local)
-            raise ConfigError(f"{flags} start local workers, --scheduler uses that scheduler's "
-                              f"workers: give one or the other")
         if scheduler:
             cluster = replace(cluster.resolved() if cluster.kind != "local" else cluster,
                               kind="address", address=scheduler, settings={})
