@@ -17,7 +17,7 @@ import decord
 import numpy as np
 
 from vidfeat.errors import ConfigError, DecodeError
-from vidfeat.media.frames import TIME_TOLERANCE, Decoded
+from vidfeat.media.frames import TIME_TOLERANCE, Decoded, last_line
 from vidfeat.media.probe import MediaInfo
 from vidfeat.media.timeline import PacketTimes, packet_times
 
@@ -39,7 +39,7 @@ def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
     try:
         reader = decord.VideoReader(info.path, ctx=decord.cpu(0), num_threads=threads or 0)
     except decord.DECORDError as error:
-        raise DecodeError(f"{info.path}: decord cannot open it: {_last_line(error)}") from error
+        raise DecodeError(f"{info.path}: decord cannot open it: {last_line(error)}") from error
     # decord 0.6.0 loops forever past the last decodable frame when the header over-counts
     count = min(len(reader), len(packets.times))
     if count:
@@ -84,8 +84,3 @@ def _three_channels(image: np.ndarray) -> np.ndarray:
         return image
     height, width, _ = image.shape
     return np.ascontiguousarray(image.reshape(height, -1)[:, : width * 3].reshape(height, width, 3))
-
-
-def _last_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[-1] if lines else type(error).__name__

@@ -17,7 +17,7 @@ import numpy as np
 from torchcodec.decoders import VideoDecoder
 
 from vidfeat.errors import DecodeError, DeviceDecodeError
-from vidfeat.media.frames import TIME_TOLERANCE, Decoded
+from vidfeat.media.frames import TIME_TOLERANCE, Decoded, last_line
 from vidfeat.media.probe import MediaInfo
 from vidfeat.media.timeline import frame_times
 
@@ -40,7 +40,7 @@ def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
     except (RuntimeError, ValueError) as error:
         failure = DecodeError if on_cpu else DeviceDecodeError
         raise failure(f"{info.path}: torchcodec cannot open it on {device}: "
-                      f"{_last_line(error)}") from error
+                      f"{last_line(error)}") from error
     metadata = decoder.metadata
     count = len(decoder)
     first = 0
@@ -58,7 +58,7 @@ def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
                 raise
             # NVDEC may open a file and still refuse its codec or profile
             raise DeviceDecodeError(f"{info.path}: torchcodec cannot decode it on {device}: "
-                                    f"{_last_line(error)}") from error
+                                    f"{last_line(error)}") from error
         times = [pts - info.start_time for pts in batch.pts_seconds.tolist()]
         if expected is not None and not _same_times(times, expected[begin:begin + len(times)]):
             raise DecodeError(f"{info.path}: torchcodec's frame index does not match the "
@@ -71,8 +71,3 @@ def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
 def _same_times(times: list[float], expected: np.ndarray) -> bool:
     return len(times) == len(expected) and bool(
         np.all(np.abs(np.asarray(times) - expected) <= TIME_TOLERANCE))
-
-
-def _last_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[-1] if lines else type(error).__name__

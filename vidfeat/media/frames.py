@@ -97,6 +97,12 @@ class Frame:
         return torch.from_numpy(self.rgb)
 
 
+def last_line(error: BaseException) -> str:
+    """A decoder library's error in one line: the last, where FFmpeg's message is."""
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__
+
+
 def check_decoder(decoder: str) -> None:
     """Raise ConfigError unless ``decoder`` names a backend whose package imports (for the
     driver, before any worker starts: ``iter_frames`` raises it only when first iterated)."""
@@ -154,9 +160,8 @@ def iter_frames(info: MediaInfo, *, decoder: str = DEFAULT_DECODER,
                 index += 1
                 reached = item.time + duration
     except backend.ERRORS as error:
-        reason = str(error).strip().splitlines()
         raise DecodeError(_shortfall(info, index - first_index, reached, start_time, stop_time,
-                                     reason[-1] if reason else type(error).__name__)) from error
+                                     last_line(error))) from error
     if index == first_index and start_time is None:
         raise DecodeError(f"{info.path}: no decodable video frames")
     _check_reached(info, index - first_index, reached, start_time, stop_time)
