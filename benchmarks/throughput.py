@@ -203,9 +203,10 @@ def run_vidfeat(corpus: Path, store: Path, features: list[str], workers: int, pr
                 ) -> tuple[float, list[float]]:
     """Wall seconds of `vidfeat extract` and its worker processes' peak RSS. On a GPU: one GPU
     worker process and no CPU worker (``workers`` is ignored)."""
+    if device != "cpu":
+        workers = 1
     placement = ["--device", "cpu", "--workers", str(workers)] if device == "cpu" else [
         "--device", device, "--gpus", "1", "--workers", "0"]
-    workers = 1 if device != "cpu" else workers
     command = [sys.executable, "-m", "vidfeat", "extract", str(corpus), "--store", str(store),
                "--features", ",".join(features), *placement, "--decoder", decoder,
                "--random-weights", "--no-progress", "--precision", precision,

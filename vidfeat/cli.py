@@ -65,8 +65,10 @@ def _check_extract_args(args: argparse.Namespace) -> list[str] | None:
 
 
 def _gpu_count(value: str) -> int | str:
-    if value == "auto" or (value.isdigit() and int(value) >= 0):
-        return value if value == "auto" else int(value)
+    if value == "auto":
+        return value
+    if value.isdigit():
+        return int(value)
     raise argparse.ArgumentTypeError(f"expected a number >= 0 or auto, got {value!r}")
 
 

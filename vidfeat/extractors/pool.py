@@ -125,16 +125,20 @@ class ExtractorPool:
         """Where frames are decoded: on the models' GPU when ``decoder`` can decode there
         (frames never cross to host memory), else on the CPU; on the CPU for the rest of this
         process once a GPU decode could not start (``gpu_decode_failed``)."""
-        if decoder not in GPU_DECODERS or self._gpu_decode_failed or not self.on_gpu():
+        device = self._device()
+        if decoder not in GPU_DECODERS or self._gpu_decode_failed or device.type != "cuda":
             return "cpu"
-        return str(resolve_device(self.requested_device))
+        return str(device)
 
     def on_gpu(self) -> bool:
         """Whether this process's models run on a GPU."""
+        return self._device().type == "cuda"
+
+    def _device(self) -> torch.device:
         try:
-            return resolve_device(self.requested_device).type == "cuda"
-        except ConfigError:  # reported by get() for every video
-            return False
+            return resolve_device(self.requested_device)
+        except ConfigError:  # reported by get() for every video; nothing runs on a GPU
+            return torch.device("cpu")
 
     def gpu_decode_failed(self, error: Exception) -> None:
         log.warning("%s; decoding on the CPU from now on", error)
