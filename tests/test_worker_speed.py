@@ -13,13 +13,14 @@ import torch
 from conftest import make_video
 
 from vidfeat.extractors.pool import ExtractorPool, ExtractorSpec
+from vidfeat.host import available_cores
 from vidfeat.jobs.local import local_client
 from vidfeat.malloc import tune_malloc
 from vidfeat.media import probe
 from vidfeat.pipeline.corpus import VideoSource
 from vidfeat.pipeline.engine import Engine
 from vidfeat.pipeline.plan import WorkUnit
-from vidfeat.pipeline.worker import available_cores, extractor_plugin, worker_state
+from vidfeat.pipeline.worker import extractor_plugin, worker_state
 from vidfeat.storage.writer import create_store
 
 SPECS = {"resnet152": ExtractorSpec("resnet152", {"fps": 8.0}, random_weights=True)}

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from vidfeat.host import available_cores
 from vidfeat.jobs.worker_env import worker_environment
 
 
@@ -30,22 +31,13 @@ def _environ_restored(keys: list[str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _available_cores() -> int:
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 @contextmanager
 def local_client(workers: int, threads_per_worker: int = 1, gpus: int = 0) -> Iterator[Any]:
     """``workers`` CPU worker processes plus ``gpus`` GPU worker processes."""
     import dask
     from distributed import Client, LocalCluster
 
-    torch_threads = max(1, _available_cores() // (max(1, workers + gpus) * threads_per_worker))
+    torch_threads = max(1, available_cores() // (max(1, workers + gpus) * threads_per_worker))
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.update(worker_environment(torch_threads))
     if gpus:

@@ -11,14 +11,8 @@ import socket
 import torch
 
 from vidfeat.extractors.pool import ExtractorPool, ExtractorSpec
+from vidfeat.host import available_cores
 from vidfeat.malloc import tune_malloc
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def torch_threads_for(slots_on_host: int) -> int:
