@@ -30,4 +30,4 @@ decoders=pyav
 python3 -c 'import torchcodec.decoders' 2>/dev/null && decoders=pyav,torchcodec
 timeout 330 python3 benchmarks/throughput.py --device cuda --workdir /tmp/vf/bench \
     --scale "${SCALE:-0.5}" --precisions fp32,bf16 --feature-sets resnet152,c3d,vggish:resnet152 \
-    --decoders "$decoders" 2>&1 | tee "$out/throughput.log"
+    --limit-repeats 2 --decoders "$decoders" 2>&1 | tee "$out/throughput.log"
