@@ -27,7 +27,8 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     h264 = ["-c:v", "libx264", "-pix_fmt", "yuv420p"]
     made = {"cfr": root / "cfr.mp4", "vfr": root / "vfr.mp4", "concat": root / "concat.mkv",
             "rotated": root / "rotated.mp4", "webm": root / "clip.webm",
-            "edit_list": root / "edit_list.mp4", "open_gop": root / "open_gop.mp4"}
+            "edit_list": root / "edit_list.mp4", "open_gop": root / "open_gop.mp4",
+            "ts": root / "mpegts.ts"}
     # keyframes every 5 frames with B-frames: windows start between keyframes
     ffmpeg(*lavfi, "testsrc2=size=96x72:rate=8", "-t", "3", *h264, "-g", "5", str(made["cfr"]))
     # 20 frames at 0.05 s, then 0.1 s apart up to 3 s
@@ -46,6 +47,8 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ffmpeg("-ss", "1.25", "-i", str(long), "-c", "copy", str(made["edit_list"]))
     ffmpeg(*lavfi, "testsrc2=size=96x72:rate=10", "-t", "3", *h264, "-g", "8",
            "-x264-params", "open-gop=1:keyint=8:min-keyint=8:scenecut=0", str(made["open_gop"]))
+    # timestamps from 1.4 s; a seek to the first frame lands on the second keyframe
+    ffmpeg(*lavfi, "testsrc2=size=96x72:rate=8", "-t", "3", *h264, "-g", "10", str(made["ts"]))
     return made
 
 
@@ -58,11 +61,14 @@ def _decode(path: Path, decoder: str, **window: float) -> tuple[np.ndarray, np.n
 
 # What a backend cannot decode, and the one-line error it gives instead of wrong frames:
 # decord 0.6.0 misplaces frames behind an edit list (its index counts hidden frames that its
-# decoder drops), and cannot open a variable-frame-rate MKV ("broken metadata").
-REFUSED = {("decord", "edit_list"): "edit list", ("decord", "concat"): "broken metadata"}
+# decoder drops) and in MPEG-TS, and cannot open a variable-frame-rate MKV ("broken metadata");
+# torchcodec stops in an MPEG-TS with B-frames.
+REFUSED = {("decord", "edit_list"): "edit list", ("decord", "concat"): "broken metadata",
+           ("decord", "ts"): "MPEG-TS", ("torchcodec", "ts"): "Requested next frame"}
 
 
-@pytest.mark.parametrize("name", ["cfr", "vfr", "concat", "webm", "edit_list", "open_gop"])
+@pytest.mark.parametrize("name", ["cfr", "vfr", "concat", "webm", "edit_list", "open_gop",
+                                  "ts"])
 def test_frame_times_are_the_decoded_times_without_decoding(videos: dict, name: str) -> None:
     decoded, _, _ = _decode(videos[name], "pyav")
     np.testing.assert_array_equal(frame_times(videos[name]), decoded)
@@ -75,7 +81,7 @@ def test_frame_times_are_the_decoded_times_without_decoding(videos: dict, name: 
 
 @pytest.mark.parametrize("decoder", [d for d in DECODERS if d != "pyav"])
 @pytest.mark.parametrize("name", ["cfr", "vfr", "concat", "rotated", "webm", "edit_list",
-                                  "open_gop"])
+                                  "open_gop", "ts"])
 def test_backends_give_pyavs_frames_at_the_same_times(videos: dict, decoder: str,
                                                       name: str) -> None:
     pytest.importorskip(decoder)
@@ -92,14 +98,14 @@ def test_backends_give_pyavs_frames_at_the_same_times(videos: dict, decoder: str
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
-@pytest.mark.parametrize("name", ["cfr", "vfr", "concat", "rotated", "webm", "open_gop"])
+@pytest.mark.parametrize("name", ["cfr", "vfr", "concat", "rotated", "webm", "open_gop", "ts"])
 def test_windows_stitch_into_the_unsplit_decode(videos: dict, decoder: str, name: str) -> None:
     pytest.importorskip({"pyav": "av"}.get(decoder, decoder))
     if (decoder, name) in REFUSED:
         pytest.skip("refused, as tested above")
     times, pixels, indices = _decode(videos[name], decoder)
-    # boundaries at frame times between keyframes, and between frames
-    cuts = sorted({float(times[k]) for k in (1, 3, 7, 11, len(times) // 2, len(times) - 2)}
+    # boundaries at the first frame, at frame times between keyframes, and between frames
+    cuts = sorted({float(times[k]) for k in (0, 1, 3, 7, 11, len(times) // 2, len(times) - 2)}
                   | {float(times[9] + times[10]) / 2})
     edges = [None, *cuts, None]
     parts = []

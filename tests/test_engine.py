@@ -37,9 +37,20 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ffmpeg("-f", "lavfi", "-t", "6", "-i", "testsrc2=size=96x72:rate=24",
            "-vf", "select='lt(mod(n\\,6)\\,2)+gt(n\\,120)'", "-fps_mode", "passthrough",
            "-c:v", "libx264", "-g", "12", "-pix_fmt", "yuv420p", str(vfr))
+    ts = root / "ts.ts"
+    # MPEG-TS starts its timestamps at 1.4 s, and a seek to its first frame lands on the
+    # second keyframe
+    ffmpeg("-f", "lavfi", "-t", "10", "-i", "testsrc2=size=96x72:rate=8", "-f", "lavfi",
+           "-t", "10", "-i", "sine=frequency=440", "-c:v", "libx264", "-g", "40",
+           "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(ts))
+    webm = root / "webm.webm"
+    # Opus's pre-skip starts the container at -0.007 s: the first frame shows at 0.014 s
+    ffmpeg("-f", "lavfi", "-t", "8", "-i", "testsrc2=size=96x72:rate=8", "-f", "lavfi",
+           "-t", "8", "-i", "sine=frequency=1000:sample_rate=48000", "-c:v", "libvpx-vp9",
+           "-b:v", "50k", "-deadline", "realtime", "-c:a", "libopus", "-shortest", str(webm))
     short = [make_video(root / f"short{i}.mp4", seconds=1.5 + i / 2, source=source)
              for i, source in enumerate(["mandelbrot", "life", "smptebars"])]
-    return {"cfr": cfr, "vfr": vfr, **{p.stem: p for p in short}}
+    return {"cfr": cfr, "vfr": vfr, "ts": ts, "webm": webm, **{p.stem: p for p in short}}
 
 
 def _pool(name: str, **options: object) -> ExtractorPool:
@@ -63,6 +74,11 @@ def _rows(store: Path, video: str, feature: str) -> tuple[np.ndarray, np.ndarray
     ("cfr", "c3d", {"stride": 8}),
     ("vfr", "resnet152", {"fps": 1.5}),
     ("vfr", "c3d", {"stride": 8}),
+    # the last segments hold no sampled frame: the last row still ends with the video
+    ("cfr", "resnet152", {"fps": 0.25}),
+    ("ts", "resnet152", {"fps": 1.0}),
+    ("ts", "c3d", {"stride": 16}),
+    ("webm", "resnet152", {"fps": 1.0}),
 ])
 def test_segments_stitch_into_the_unsplit_rows(videos: dict[str, Path], tmp_path: Path,
                                                video: str, name: str,

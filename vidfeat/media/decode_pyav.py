@@ -61,11 +61,20 @@ def _from_keyframe_before(container: av.container.InputContainer, stream: av.Vid
         container.seek(int(target / base), stream=stream, backward=True)
         frames = container.decode(stream)
         head = next(frames, None)
-        if head is None:
-            return
-        shown = head.pts * base if head.pts is not None else first_shown
-        if target <= first_shown or (head.key_frame and shown <= start + TIME_TOLERANCE):
-            yield head
-            yield from frames
-            return
+        # MPEG-TS seeks can land past the target (on a later keyframe, or at the end with
+        # nothing left to decode): then seek again from further back
+        if head is not None:
+            shown = head.pts * base if head.pts is not None else first_shown
+            # at the stream's start the first frame needs no keyframe flag (some muxers omit it)
+            at_start = target <= first_shown and shown <= max(start, first_shown) + TIME_TOLERANCE
+            if at_start or (head.key_frame and shown <= start + TIME_TOLERANCE):
+                yield head
+                yield from frames
+                return
+        if target < first_shown - 1.0:  # a seek before the stream's start still lands late
+            if head is None:
+                return  # nothing decodes: iter_frames reports the frames missing
+            raise DecodeError(f"{container.name}: no seek reaches {start - first_shown:.3f} s "
+                              f"into the video (the nearest frame found shows at "
+                              f"{shown - first_shown:.3f} s)")
         back = max(2 * back, 1.0)

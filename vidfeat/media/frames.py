@@ -154,6 +154,11 @@ def iter_frames(info: MediaInfo, *, decoder: str = DEFAULT_DECODER,
                 if item.time < lower:
                     continue
                 if item.time >= upper:
+                    if index == first_index and start_time is not None \
+                            and upper - lower > 2 * nominal:  # a seek that landed past the window
+                        raise DecodeError(_shortfall(
+                            info, 0, start_time, start_time, stop_time,
+                            f"the decoder's first frame shows at {item.time:.2f} s"))
                     return
                 duration = item.duration if item.duration > 0 else nominal
                 yield Frame(index, item.time, duration, item.image, item.rotation)

@@ -24,6 +24,7 @@ class PacketTimes:
     times: np.ndarray
     hidden: np.ndarray
     keyframe: np.ndarray
+    container: str = ""  # FFmpeg's demuxer names, e.g. "mpegts", "mov,mp4,m4a,3gp,3g2,mj2"
 
     @property
     def shown(self) -> np.ndarray:
@@ -62,11 +63,12 @@ def packet_times(path: str | Path) -> PacketTimes:
         except av.FFmpegError:
             pass  # a truncated file: keep what was read; decoding reports the loss
         origin = _origin(container)
+        demuxer = container.format.name
     order = np.argsort(np.asarray(stamps, dtype=np.int64), kind="stable")
     # the same float arithmetic as the decoders' frame.pts * base - start, so times compare equal
     times = np.array([stamps[i] * base - origin for i in order], dtype=np.float64)
     return PacketTimes(times=times, hidden=np.asarray(hidden, dtype=bool)[order],
-                       keyframe=np.asarray(keyframe, dtype=bool)[order])
+                       keyframe=np.asarray(keyframe, dtype=bool)[order], container=demuxer)
 
 
 def frame_times(path: str | Path) -> np.ndarray:

@@ -48,6 +48,7 @@ class SegmentPart:
     frames: int
     seconds: float
     model_seconds: dict[str, float]  # per feature: its share of the batches' model time
+    end: float = 0.0  # when the last frame decoded stops showing (the last segment's: the video's)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class _Unit:
     decoded: bool = False
     decode_device: str = "cpu"
     frames: int = 0
+    end: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -193,7 +195,7 @@ class Engine:
         report.frames += state.frames
         if unit.segment is not None:
             report.parts.append(SegmentPart(unit, state.attrs, records, state.frames, seconds,
-                                            model_seconds))
+                                            model_seconds, state.end))
             return
         shard = write_shard(store, unit.shard_name,
                             [VideoRecord(unit.video.video_id, state.attrs, records)],
@@ -245,7 +247,9 @@ class Engine:
     def _decode_visual(self, state: _Unit, info: MediaInfo, live: dict[str, _Feature],
                        messages: queue.Queue) -> None:
         segment = state.unit.segment
-        start = segment.start_time if segment else None
+        # the first segment starts where the video does: its sampler's first target is 0 s
+        # (taken by the first frame even when that shows later), as in an unsplit run
+        start = segment.start_time if segment and segment.index else None
         stop = segment.stop_time if segment else math.inf
         samplers = {name: f.extractor.sampler(info, start_time=start) for name, f in live.items()}
         takes_frames = {name: f.extractor.modality == "frames" for name, f in live.items()}
@@ -263,6 +267,7 @@ class Engine:
                     self._put(state, name, sampler.push(frame), stop, messages)
                 except Exception as error:  # one extractor failing must not stop the others
                     feature.failure = failed_record(feature.extractor, reason_of(error))
+        state.end = end
         final = segment is None or segment.is_last
         for name, sampler in samplers.items():
             feature = live[name]
@@ -332,7 +337,9 @@ def _frames(info: MediaInfo, segment: Segment | None, decoder: str, threads: int
     if segment is None:
         return iter_frames(info, decoder=decoder, threads=threads, device=device)
     stop = None if math.isinf(segment.decode_stop_time) else segment.decode_stop_time
-    return iter_frames(info, decoder=decoder, threads=threads, start_time=segment.start_time,
+    # the first segment is decoded from the file's start: no seek to land wrong (MPEG-TS's can)
+    start = segment.start_time if segment.index else None
+    return iter_frames(info, decoder=decoder, threads=threads, start_time=start,
                        stop_time=stop, first_index=segment.start_frame, device=device)
 
 

@@ -14,15 +14,16 @@ from vidfeat.storage.schema import FeatureRecord, VideoRecord
 from vidfeat.storage.writer import write_shard
 
 
-def frame_row_ends(times: np.ndarray) -> np.ndarray:
+def frame_row_ends(times: np.ndarray, video_end: float) -> np.ndarray:
     """Each row ends when a later row starts (rows sharing a start end together); the last
-    rows keep their end."""
+    rows end with the video (a segment past the last row's may hold no row of its own)."""
     starts = times[:, 0]
     ends = times[:, 1].copy()
     # for each row, the first later row with a greater start
     following = np.searchsorted(starts, starts, side="right")
     inside = following < len(starts)
     ends[inside] = starts[following[inside]]
+    ends[~inside] = np.maximum(starts[~inside], video_end)
     return np.column_stack([starts, ends])
 
 
@@ -42,7 +43,7 @@ def stitch(parts: list[SegmentPart], modality: dict[str, str]) -> VideoRecord:
         data = np.concatenate([piece.data for piece in pieces])  # type: ignore[misc]
         times = np.concatenate([piece.times for piece in pieces])  # type: ignore[misc]
         if modality[record.feature] == "frames" and len(times):
-            times = frame_row_ends(times)
+            times = frame_row_ends(times, parts[-1].end)
         if not len(data):
             records.append(FeatureRecord(record.feature, "failed", attrs=record.attrs,
                                          reason="no rows: the video is too short for this "
