@@ -230,15 +230,31 @@ def test_a_bad_gpu_count_is_a_usage_error(capsys: pytest.CaptureFixture) -> None
     assert "--gpus: expected a number >= 0 or auto, got 'many'" in capsys.readouterr().err
 
 
-def test_a_run_with_gpu_worker_processes_completes(corpus: Path, tmp_path: Path) -> None:
+def test_more_gpus_than_torch_sees_is_a_usage_error(corpus: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    wanted = torch.cuda.device_count() + 1  # whatever the machine: one more than it has
+    store = tmp_path / "store"
+    assert main(["extract", str(corpus / "talk.mp4"), "--store", str(store), "--features",
+                 "resnet152", "--gpus", str(wanted), "--random-weights", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert f"--gpus {wanted}: torch sees {wanted - 1} GPU(s)" in error
+    assert not store.exists()  # refused before anything was made
+
+
+def test_a_run_with_gpu_worker_processes_completes(corpus: Path, tmp_path: Path,
+                                                  capfd: pytest.CaptureFixture) -> None:
     # --gpus starts the GPU-worker cluster (a SpecCluster of Nannies, one declaring GPU=1
     # beside a CPU worker); model tasks need GPU=1, so only that worker can have run them
     # (routing by resource is checked in test_cluster_address.py). On this machine it finds no
-    # GPU, so its models run on the CPU.
+    # GPU, so its models run on the CPU (--device cpu says that is meant). Its workers' logs
+    # stay off the terminal, as a LocalCluster's do.
     store = tmp_path / "store"
     assert main(["extract", str(corpus / "talk.mp4"), str(corpus / "silent.mp4"), "--store",
                  str(store), "--features", "resnet152", "--gpus", "1", "--workers", "1",
-                 "--random-weights", "--no-progress"]) == 0
+                 "--device", "cpu", "--random-weights", "--no-progress"]) == 0
+    assert "distributed.worker - INFO" not in capfd.readouterr().err
     features = vidfeat.open_store(str(store))
     assert sorted(features.videos()) == ["silent", "talk"]
     report = yaml.safe_load(next((store / "runs").glob("*.json")).read_text())

@@ -127,6 +127,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         raise ConfigError(f"--wait-lock must be at least 0, got {args.wait_lock:g}")
     job = extract_job(args)
     options = job.options()
+    job.cluster.check_gpus(options.device)
     if options.random_weights:
         print("WARNING: --random-weights: seeded random initialisation, NOT pretrained features",
               file=sys.stderr)

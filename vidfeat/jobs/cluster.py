@@ -48,6 +48,18 @@ class ClusterSpec:
             spec = replace(spec, model_resources=dict(GPU_RESOURCE))
         return spec
 
+    def check_gpus(self, device: str) -> None:
+        """Raise ConfigError when a local cluster asks for more GPU workers than torch sees
+        (they would share GPUs, or run their models on the CPU unnoticed), unless the models
+        are meant for the CPU (``device`` "cpu")."""
+        if self.kind != "local" or self.gpus in (0, "auto") or device == "cpu":
+            return
+        visible = _visible_gpus()
+        if int(self.gpus) > visible:
+            raise ConfigError(f"--gpus {self.gpus}: torch sees {visible} GPU(s) on this "
+                              f"machine; use --gpus auto (or --device cpu for GPU worker "
+                              f"processes whose models run on the CPU)")
+
     @property
     def gpu_workers(self) -> bool:
         if self.kind == "local":

@@ -80,7 +80,9 @@ def _gpu_cluster(workers: int, threads_per_worker: int, gpus: int, environ: dict
     def worker(device: str, resources: dict[str, float] | None) -> dict[str, Any]:
         return {"cls": Nanny, "options": {
             "nthreads": threads_per_worker, "host": "127.0.0.1", "dashboard_address": None,
-            "resources": resources, "env": {**environ, "CUDA_VISIBLE_DEVICES": device}}}
+            "resources": resources, "env": {**environ, "CUDA_VISIBLE_DEVICES": device},
+            # SpecCluster's silence_logs reaches only its scheduler; LocalCluster passes it on
+            "silence_logs": logging.ERROR}}
 
     # CPU workers see no GPU, so that nothing they run can take memory on one
     specs = {f"cpu-{i}": worker("", None) for i in range(workers)}

@@ -29,6 +29,7 @@ def run_extract(sources: list[str], store: str | Path, options: RunOptions,
 def run_job(job: Job) -> RunReport:
     """Run a job on its cluster (not kubernetes: see ``submit_to_kubernetes``)."""
     options = job.options()
+    job.cluster.check_gpus(options.device)
     return run_extract(job.expanded_sources(), job.store, options, job.cluster,
                        configuration={"job": str(job.origin), "options": vars(options),
                                       "cluster": repr(job.cluster)})
