@@ -119,6 +119,38 @@ def test_a_file_with_other_keys_is_refused(tmp_path: Path, corpus: Path,
     assert code == 2 and "not vggish weights" in err and "missing" in err
 
 
+def test_import_refuses_junk_for_a_file_it_would_pin(tmp_path: Path, cache: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    junk = tmp_path / "c3d.pickle"
+    junk.write_text("junk\n")
+    assert main(["weights", "import", "c3d-sports1m", str(junk)]) == 2
+    err = capsys.readouterr().err
+    assert str(junk) in err and "not a loadable state dict" in err and "not installed" in err
+    assert not (cache / "c3d.pickle").exists() and not list(cache.glob("*" + PIN_SUFFIX))
+
+
+def test_an_imported_file_is_readable_by_other_users(c3d_file: Path, cache: Path) -> None:
+    assert main(["weights", "import", "c3d-sports1m", str(c3d_file)]) == 0
+    assert (cache / "c3d.pickle").stat().st_mode & 0o044 == 0o044  # under the usual umask 022
+
+
+def test_a_cached_file_with_other_keys_is_refused_before_the_run(tmp_path: Path, cache: Path,
+                                                                 corpus: Path,
+                                                                 capsys: pytest.CaptureFixture
+                                                                 ) -> None:
+    # pinned when an earlier vidfeat imported it without looking inside
+    cache.mkdir(parents=True, exist_ok=True)
+    cached = cache / "c3d.pickle"
+    torch.save({"conv1.weight": torch.zeros(1)}, cached)
+    cached.with_name(cached.name + PIN_SUFFIX).write_text(sha256_file(cached) + "\n")
+    store = tmp_path / "store"
+    code = main(["extract", str(corpus / "talk.mp4"), "--store", str(store), "--features",
+                 "c3d", "--workers", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{cached}: not c3d weights" in err
+    assert not store.exists()
+
+
 def test_selftest_without_real_weights_says_what_it_skipped(capsys: pytest.CaptureFixture
                                                             ) -> None:
     assert main(["weights", "selftest"]) == 0

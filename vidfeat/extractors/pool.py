@@ -70,11 +70,14 @@ class ExtractorSpec:
         A user's weights file is checked for the right keys here, before any worker starts."""
         extractor = self.build()
         extractor.weights_sha256 = self.weights_sha256(extractor)
-        if self.weights_file:
+        if not self.random_weights:
+            # a cached file can be pinned yet not this model's (imported by mistake): each
+            # worker would fail every video with it, so the driver checks it first
+            path = Path(self.weights_file) if self.weights_file else locate(
+                extractor.weights_name, Path(self.weights_dir) if self.weights_dir else None)
             with torch.device("meta"):  # shapes only: no memory, no initialisation
                 model = extractor.build_model()
-            check_keys(read_state_dict(Path(self.weights_file), mmap=True), model, self.name,
-                       self.weights_file)
+            check_keys(read_state_dict(path, mmap=True), model, self.name, str(path))
         return extractor
 
     def load(self, device: torch.device) -> Extractor:

@@ -156,6 +156,17 @@ def _install(spec_: WeightsSpec, source: Path, target_dir: Path) -> Path:
                 f"{source}: sha256 {actual[:16]}... is not {spec_.name}'s published "
                 f"{spec_.sha256}...: not installed"
             )
+        if spec_.extractor and not spec_.sha256:
+            # a file without a published hash is pinned as it is: a model's must load first
+            try:
+                read_state_dict(Path(temporary), mmap=True)
+            except WeightsError as error:
+                raise WeightsError(f"{source}: {str(error).split(': ', 1)[1]}: not installed"
+                                   ) from error
+        # mkstemp's 0600 would hide the cache from workers running as other users
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):
