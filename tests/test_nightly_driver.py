@@ -116,7 +116,7 @@ def test_fifo_and_audio_only_files_with_run_report_and_retry_failed(videos: Path
     report = json.loads(reports[0].read_text())
     assert report["exit_code"] == 1 and not report["interrupted"]
     assert report["videos"] == {"total": 4, "done": 2, "up_to_date": 0, "skipped": 0,
-                                "failed": 2}
+                                "failed": 2, "not_started": 0}
     failed = {(f["video_id"], f["feature"]) for f in report["failures"]}
     assert failed == {("pipe", "resnet152"), ("pipe", "vggish"), ("broken", "resnet152"),
                       ("broken", "vggish")}
@@ -262,6 +262,10 @@ def test_ctrl_c_finishes_what_is_in_flight_and_says_how_to_resume(
     statuses = _statuses(store)
     done = {video for (video, _), status in statuses.items() if status == "ok"}
     assert 0 < len(done) < 6
+    # the run had 6 videos, whether or not they started
+    assert report["videos"]["total"] == 6
+    assert report["videos"]["not_started"] == 6 - len({video for video, _ in statuses})
+    assert f"{report['videos']['not_started']} videos not started" in result.stdout
     if group:
         resumed = _extract(store, many_videos)
         assert resumed.returncode == 0, resumed.stderr

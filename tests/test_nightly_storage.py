@@ -285,13 +285,15 @@ def test_a_run_report_is_written_into_the_store_and_read_back(tmp_path: Path, ca
     store = create_store(tmp_path / "store")
     report = build_report(_outcomes(), started=1_800_000_000.0, ended=1_800_000_075.5,
                           command=["vidfeat", "extract", "corpus", "--store", str(store)],
-                          configuration={"features": ["resnet152", "vggish"]}, exit_code=1)
+                          configuration={"features": ["resnet152", "vggish"]}, exit_code=1,
+                          videos_total=7)
     path = write_report(store, report)
     assert path.parent == store / RUNS_DIR and path.name.startswith("20270115T080000Z-")
     content = json.loads(path.read_text())
     assert content["format"] == "vidfeat-run" and content["seconds"] == 75.5
-    assert content["videos"] == {"total": 5, "done": 2, "up_to_date": 1, "skipped": 1,
-                                 "failed": 1}
+    # two videos of the run have no outcome (an interrupted run): not started
+    assert content["videos"] == {"total": 7, "done": 2, "up_to_date": 1, "skipped": 1,
+                                 "failed": 1, "not_started": 2}
     assert content["features"] == {"ok": 3, "up_to_date": 3, "skipped": 2, "failed": 2}
     assert content["throughput"]["resnet152"] == {"videos": 2, "rows": 16, "seconds": 3.0,
                                                   "videos_per_s": 0.667, "rows_per_s": 5.333}
@@ -303,7 +305,8 @@ def test_a_run_report_is_written_into_the_store_and_read_back(tmp_path: Path, ca
     assert _cli_in_process(capsys, "inspect", str(store), "--runs") == 0
     [line] = capsys.readouterr().out.strip().splitlines()
     assert line.split()[:4] == ["2027-01-15T08:00:00+0000", "1m16s", "exit", "1"]
-    assert "done 2, up to date 1, skipped 1, failed 1" in line and "vidfeat extract" in line
+    assert "done 2, up to date 1, skipped 1, failed 1, not started 2" in line
+    assert "vidfeat extract" in line
 
 
 def test_inspect_failures_lists_every_failed_feature_from_the_index(tmp_path: Path, capsys):

@@ -119,7 +119,8 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
             report.add(failures)
         with tqdm(total=len(run.todo), unit="video", disable=not run.options.progress,
                   smoothing=0) as bar:
-            tasks = _plan(run, client, slots, index, report, bar, stop, task_timeout)
+            progress = _VideoProgress(bar, run.todo)
+            tasks = _plan(run, client, slots, index, report, progress, stop, task_timeout)
             for result in _run_tasks(client, run, tasks, plugin_name, stop, task_timeout):
                 if isinstance(result, StoreFullError):
                     full, _ = full or result, stop.set()
@@ -132,8 +133,7 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
                     except StoreFullError as error:
                         full, _ = error, stop.set()
                 report.add(result.outcomes, result.frames)
-                finished = {o.video_id for o in result.outcomes}
-                bar.update(len(finished))
+                progress.record(result.outcomes)
                 elapsed = time.perf_counter() - started
                 bar.set_postfix(failed=len(report.failed_videos),
                                 fps=f"{report.frames / max(elapsed, 1e-9):.1f}", refresh=False)
@@ -174,8 +174,29 @@ def _remove_unindexed(index: StoreIndex, indexed: set[str]) -> None:
         log.debug("removed %s: written, but the full disk kept it out of the index", relpath)
 
 
+class _VideoProgress:
+    """The bar counts videos: one is done once each of its features has an outcome (its visual
+    and audio units can end in different tasks, a split video's in its stitch)."""
+
+    def __init__(self, bar: Any, todo: list[tuple[VideoSource, list[str]]]) -> None:
+        self._bar = bar
+        self._left = {video.video_id: set(names) for video, names in todo}
+
+    def record(self, outcomes: list[Outcome]) -> None:
+        finished = 0
+        for outcome in outcomes:
+            left = self._left.get(outcome.video_id)
+            if left is None:
+                continue
+            left.discard(outcome.feature)
+            if not left:
+                del self._left[outcome.video_id]
+                finished += 1
+        self._bar.update(finished)
+
+
 def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: RunReport,
-          bar: Any, stop: threading.Event, task_timeout: float | None
+          progress: _VideoProgress, stop: threading.Event, task_timeout: float | None
           ) -> list[Task | list[WorkUnit]]:
     """Probe the videos on the workers, then cut the work into tasks: packs of units, and one
     task per segment of a long video (a list of WorkUnit of length one, see _run_tasks).
@@ -200,7 +221,7 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
             failure = _failure(video, names, error, run)
             index.add_shard(failure[0])
             report.add(failure[1])
-            bar.update(1)
+            progress.record(failure[1])
             continue
         for kind in ("visual", "audio"):
             features = tuple(n for n in names if (modality[n] == "audio") == (kind == "audio"))

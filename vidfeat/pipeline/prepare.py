@@ -124,7 +124,9 @@ class RunReport:
         if self.random_weights:
             lines.append("WARNING: RANDOM WEIGHTS were used: these are not real features")
         if self.interrupted:
-            lines.append(f"interrupted: what finished is stored; {RESUME_HINT}")
+            started = len({o.video_id for o in self.outcomes})
+            lines.append(f"interrupted: what finished is stored, {self.videos - started} "
+                         f"videos not started; {RESUME_HINT}")
         return "\n".join(lines)
 
 

@@ -58,7 +58,8 @@ def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
     def record(exit_code: int | None, interrupted: bool = False) -> None:
         write_report(run.store, build_report(
             run.report.outcomes, started=started, ended=time.time(), command=sys.argv,
-            configuration=configuration, exit_code=exit_code, interrupted=interrupted))
+            configuration=configuration, exit_code=exit_code, interrupted=interrupted,
+            videos_total=run.report.videos))
 
     stop = threading.Event()
     try:

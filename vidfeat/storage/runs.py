@@ -5,14 +5,15 @@ written atomically as ``runs/<start, UTC>-<host>-<pid>.json``::
 
     {"format": "vidfeat-run", "version": 1, "host", "pid", "started", "ended" (ISO 8601, UTC),
      "seconds", "command" [argv], "configuration" {...}, "exit_code", "interrupted",
-     "videos":   {"total", "done", "up_to_date", "skipped", "failed"},
+     "videos":   {"total", "done", "up_to_date", "skipped", "failed", "not_started"},
      "features": {"ok", "up_to_date", "skipped", "failed"},
      "throughput": {feature: {"videos", "rows", "seconds", "videos_per_s", "rows_per_s"}},
      "failures": [{"video_id", "feature", "reason", "source_path"}, ...],
      "skips":    [{"video_id", "feature", "reason", "source_path"}, ...]}
 
 A video counts as failed when any of its features failed, as up to date when all were, as
-skipped when all were skipped or up to date, and as done otherwise.
+skipped when all were skipped or up to date, and as done otherwise; a video of the run with no
+outcome yet (a run interrupted, or still running) as not started.
 """
 
 from __future__ import annotations
@@ -63,14 +64,18 @@ class RunRecord:
         return (f"{self.started}  {_duration(self.seconds):>8}  {state:<11}  "
                 f"videos {counts.get('total', 0)}: done {counts.get('done', 0)}, "
                 f"up to date {counts.get('up_to_date', 0)}, "
-                f"skipped {counts.get('skipped', 0)}, failed {counts.get('failed', 0)}  "
+                f"skipped {counts.get('skipped', 0)}, failed {counts.get('failed', 0)}"
+                + (f", not started {counts['not_started']}" if counts.get("not_started") else "")
+                + "  "
                 f"{self.host}:{self.pid}  {' '.join(self.command)}")
 
 
 def build_report(outcomes: Iterable[Outcome], *, started: float, ended: float,
                  command: list[str], configuration: dict[str, Any],
-                 exit_code: int | None = None, interrupted: bool = False) -> RunRecord:
-    """The report of a run from its outcomes; ``started``/``ended`` are ``time.time()``."""
+                 exit_code: int | None = None, interrupted: bool = False,
+                 videos_total: int = 0) -> RunRecord:
+    """The report of a run from its outcomes; ``started``/``ended`` are ``time.time()``;
+    ``videos_total``: the run's videos, with those that have no outcome yet."""
     outcomes = list(outcomes)
     by_video: dict[str, set[str]] = defaultdict(set)
     features: dict[str, int] = {"ok": 0, "up_to_date": 0, "skipped": 0, "failed": 0}
@@ -91,7 +96,9 @@ def build_report(outcomes: Iterable[Outcome], *, started: float, ended: float,
             totals["videos"] += 1
             totals["rows"] += outcome.rows
             totals["seconds"] += outcome.seconds
-    videos = {"total": len(by_video), "done": 0, "up_to_date": 0, "skipped": 0, "failed": 0}
+    total = max(videos_total, len(by_video))
+    videos = {"total": total, "done": 0, "up_to_date": 0, "skipped": 0, "failed": 0,
+              "not_started": total - len(by_video)}
     for statuses in by_video.values():
         if "failed" in statuses:
             videos["failed"] += 1
