@@ -4,6 +4,7 @@ device policy, and the per-process pool that loads each model once."""
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,7 @@ class ExtractorPool:
         self.requested_device = device
         self._loaded: dict[str, Extractor] = {}
         self._gpu_decode_failed = False
+        self._lock = threading.Lock()
 
     def get(self, name: str) -> Extractor:
         if name not in self._loaded:
@@ -144,5 +146,9 @@ class ExtractorPool:
             return torch.device("cpu")
 
     def gpu_decode_failed(self, error: Exception) -> None:
+        """Called by the decode threads: several may fail at once; one warns."""
+        with self._lock:
+            if self._gpu_decode_failed:
+                return
+            self._gpu_decode_failed = True
         log.warning("%s; decoding on the CPU from now on", error)
-        self._gpu_decode_failed = True

@@ -136,21 +136,35 @@ class Engine:
             decoder.start()
         batches: dict[str, list[tuple[_Unit, Item]]] = {}
         decoding = len(decoders)
-        while decoding:
-            if (message := messages.get()) is None:  # a decoder found no unit left
-                decoding -= 1
-                continue
-            state, name, item = message
-            if item is None:  # the unit's decode ended
-                state.decoded = True
-            else:
-                batch = batches.setdefault(name, [])
-                batch.append((state, item))
-                state.features[name].queued += 1
-                if len(batch) >= sizes[name]:
-                    self._embed(name, batch)
-                    batch.clear()
-            self._finish_done(states, store, report)
+        try:
+            while decoding:
+                if (message := messages.get()) is None:  # a decoder found no unit left
+                    decoding -= 1
+                    continue
+                state, name, item = message
+                if item is None:  # the unit's decode ended
+                    state.decoded = True
+                else:
+                    batch = batches.setdefault(name, [])
+                    batch.append((state, item))
+                    state.features[name].queued += 1
+                    if len(batch) >= sizes[name]:
+                        self._embed(name, batch)
+                        batch.clear()
+                self._finish_done(states, store, report)
+        except BaseException:
+            # the task breaks (a shard that cannot be written, a full store): the decoders
+            # take no more units, and the queue is drained until each has ended, so that none
+            # stays blocked on it, holding its decoder, for the rest of the worker's life
+            while True:
+                try:
+                    waiting.get_nowait()
+                except queue.Empty:
+                    break
+            while decoding:
+                if messages.get() is None:
+                    decoding -= 1
+            raise
         for decoder in decoders:
             decoder.join()
         for name, batch in batches.items():
