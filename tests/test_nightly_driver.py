@@ -219,6 +219,16 @@ def test_a_disk_filling_mid_run_stops_in_one_line_then_the_rerun_completes(
     _verified(store)
 
 
+def _stopped_output(process: subprocess.Popen) -> tuple[str, str]:
+    """What a run printed, stopping it first: communicate() alone would wait for a hung one."""
+    if process.poll() is None:
+        try:  # with its workers, where it leads a process group
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            process.kill()
+    return process.communicate(timeout=30)
+
+
 def _interrupt_after_first_shard(store: Path, sources: Path, *, group: bool, twice: bool
                                  ) -> subprocess.CompletedProcess:
     # one video per task: most of them are still to do when the first shard appears
@@ -227,7 +237,7 @@ def _interrupt_after_first_shard(store: Path, sources: Path, *, group: bool, twi
                                text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while not (store / "shards").exists() or not list((store / "shards").rglob("*.h5")):
-        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline and process.poll() is None, _stopped_output(process)
         time.sleep(0.05)
     send = (lambda: os.killpg(process.pid, signal.SIGINT)) if group else (
         lambda: process.send_signal(signal.SIGINT))
@@ -517,7 +527,7 @@ def test_ctrl_c_while_the_videos_are_probed_stops_without_waiting_for_the_probes
     driver = psutil.Process(process.pid)
     deadline = time.monotonic() + 60
     while not _probing(driver):
-        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline and process.poll() is None, _stopped_output(process)
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     interrupted = time.monotonic()
