@@ -113,8 +113,13 @@ def test_list_file_limit_and_file_sources(corpus: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     assert main(["extract", f"@{listing}", str(corpus / "silent.mp4"),
                  "--store", str(store), "--workers", "1", "--limit", "2", "--random-weights",
-                 "--no-progress", "--features", "vggish"]) == 0
+                 "--no-progress", "--features", "resnet152"]) == 0
     assert sorted(vidfeat.open_store(str(store)).videos()) == ["clip", "talk"]
+    # the limit counts videos still to do: the same command goes on with the next ones
+    assert main(["extract", f"@{listing}", str(corpus / "silent.mp4"),
+                 "--store", str(store), "--workers", "1", "--limit", "2", "--random-weights",
+                 "--no-progress", "--features", "resnet152"]) == 0
+    assert sorted(vidfeat.open_store(str(store)).videos()) == ["clip", "silent", "talk"]
 
 
 def test_broken_file_is_recorded_and_others_survive(corpus: Path, tmp_path: Path,

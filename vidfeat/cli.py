@@ -355,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="use this weights file for an extractor (repeatable)")
     extract.add_argument("--set", action="append", default=[], metavar="EXTRACTOR.OPTION=VALUE",
                          help="extractor option, e.g. resnet152.fps=2 or c3d.layer=fc7")
-    extract.add_argument("--limit", type=int, help="only the first N videos")
+    extract.add_argument("--limit", type=int, metavar="N",
+                         help="extract at most N videos: the first N not yet up to date (a "
+                              "rerun does the next N)")
     extract.add_argument("--dtype", help="stored dtype: float16 (default) or float32")
     extract.add_argument("--batch-size", type=int,
                          help="model inputs per batch (default: each model's own: resnet152 "

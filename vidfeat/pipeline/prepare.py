@@ -61,6 +61,8 @@ class RunOptions:
     def check(self) -> None:
         if not self.features:
             raise ConfigError("--features names no extractor")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.dtype not in ("float16", "float32"):
@@ -83,6 +85,8 @@ class RunReport:
     random_weights: bool = False
     #: Ctrl-C stopped the run: what finished is indexed, the rest is done by a rerun
     interrupted: bool = False
+    #: videos still to do that --limit left for the next run
+    beyond_limit: int = 0
 
     def add(self, outcomes: list[Outcome], frames: int = 0) -> None:
         self.outcomes += outcomes
@@ -123,6 +127,9 @@ class RunReport:
         lines += [f"  FAILED {o.video_id} {o.feature}: {o.reason}" for o in self.failed]
         if self.random_weights:
             lines.append("WARNING: RANDOM WEIGHTS were used: these are not real features")
+        if self.beyond_limit:
+            lines.append(f"--limit: {self.beyond_limit} more videos to do; the same command "
+                         f"does the next ones")
         if self.interrupted:
             started = len({o.video_id for o in self.outcomes})
             lines.append(f"interrupted: what finished is stored, {self.videos - started} "
@@ -212,7 +219,7 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
     forever) before reading the index; the caller releases it (``PreparedRun.release``).
     ``retry_failed``: only the features the index records as failed for these videos."""
     options.check()
-    corpus = scan(sources, options.limit)
+    corpus = scan(sources)
     videos = corpus.videos
     specs = _specs(options)
     if options.device != "auto":
@@ -254,6 +261,11 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
             report.up_to_date += 1
             report.add([Outcome(video.video_id, name, "up_to_date", source_path=video.path)
                         for name in hashes])
+    if options.limit is not None and len(todo) > options.limit:
+        # the first N videos still to do, not the first N found: a nightly --limit advances
+        report.beyond_limit = len(todo) - options.limit
+        report.videos -= report.beyond_limit
+        todo = todo[:options.limit]
     return PreparedRun(store, options, specs, hashes, todo, report, corpus.rejected, held)
 
 
