@@ -229,8 +229,8 @@ def _stopped_output(process: subprocess.Popen) -> tuple[str, str]:
     return process.communicate(timeout=30)
 
 
-def _interrupt_after_first_shard(store: Path, sources: Path, *, group: bool, twice: bool
-                                 ) -> subprocess.CompletedProcess:
+def _interrupt_after_first_shard(store: Path, sources: Path, *, group: bool, twice: bool,
+                                 signum: int = signal.SIGINT) -> subprocess.CompletedProcess:
     # one video per task: most of them are still to do when the first shard appears
     command = _command(store, sources, extra=("--segment-seconds", "1.6"))
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -239,8 +239,8 @@ def _interrupt_after_first_shard(store: Path, sources: Path, *, group: bool, twi
     while not (store / "shards").exists() or not list((store / "shards").rglob("*.h5")):
         assert time.monotonic() < deadline and process.poll() is None, _stopped_output(process)
         time.sleep(0.05)
-    send = (lambda: os.killpg(process.pid, signal.SIGINT)) if group else (
-        lambda: process.send_signal(signal.SIGINT))
+    send = (lambda: os.killpg(process.pid, signum)) if group else (
+        lambda: process.send_signal(signum))
     send()
     if twice:
         time.sleep(0.3)
@@ -292,6 +292,26 @@ def test_a_second_ctrl_c_stops_at_once_and_the_store_verifies(many_videos: Path,
     assert "rerun the same command to resume" in result.stderr
     _verified(store)
     assert not (store / "run.lock").exists()
+
+
+def test_sigterm_stops_at_once_and_records_the_run(many_videos: Path, tmp_path: Path):
+    # what systemd's stop, Slurm's time limit or a pod deletion sends, to the driver alone
+    store = tmp_path / "store"
+    started = time.monotonic()
+    result = _interrupt_after_first_shard(store, many_videos, group=False, twice=False,
+                                          signum=signal.SIGTERM)
+    assert result.returncode == 130, result.stdout + result.stderr
+    assert time.monotonic() - started < 60
+    assert "Traceback" not in result.stderr
+    assert "terminated: stopping at once" in result.stderr
+    report = json.loads(next((store / "runs").glob("*.json")).read_text())
+    assert report["interrupted"] and report["exit_code"] == 130  # not "running?" forever
+    _verified(store)
+    assert not (store / "run.lock").exists()
+    done = {video for (video, _), status in _statuses(store).items() if status == "ok"}
+    resumed = _extract(store, many_videos)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(done)} already up to date" in resumed.stdout
 
 
 def _long_audio(path: Path) -> Path:
