@@ -319,6 +319,14 @@ def test_inspect_failures_lists_every_failed_feature_from_the_index(tmp_path: Pa
     assert capsys.readouterr().out == "bad\tresnet152\tdecode failed after 38 frames\t/c/bad.mp4\n"
     assert _cli_in_process(capsys, "inspect", str(store), "--failures", "--runs") == 0
     assert capsys.readouterr().out.startswith("no runs recorded\n\nbad\tresnet152")
+    # none failed: nothing on stdout, for `| wc -l`; a listing is of the whole store
+    clean = create_store(tmp_path / "clean")
+    _indexed(clean, "s1", [_video("good")])
+    assert _cli_in_process(capsys, "inspect", str(clean), "--failures") == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "no failures\n"
+    assert _cli_in_process(capsys, "inspect", str(store), "bad", "--failures") == 2
+    assert "give no VIDEO_ID" in capsys.readouterr().err
 
 
 def _cli_in_process(capsys, *args: str) -> int:

@@ -159,9 +159,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from vidfeat.storage.inspect import failures_listing, runs_listing, summarize
 
     if args.failures or args.runs:
+        if args.video_id:
+            raise ConfigError("--failures and --runs list the whole store: give no VIDEO_ID")
+        failures = failures_listing(args.store) if args.failures else ""
         listings = ([runs_listing(args.store)] if args.runs else []) + (
-            [failures_listing(args.store)] if args.failures else [])
-        print("\n\n".join(listings))
+            [failures] if failures else [])
+        if listings:
+            print("\n\n".join(listings))
+        if args.failures and not failures:  # on stderr: `inspect --failures | wc -l` says 0
+            print("no failures", file=sys.stderr)
         return EXIT_OK
     if args.plot:
         from vidfeat.storage.plot import plot_video

@@ -98,14 +98,15 @@ def _joined(values: object) -> str:
 
 def failures_listing(path: str | Path) -> str:
     """Every video and feature whose latest extraction failed, with the reason and the file:
-    one tab-separated line each (``video_id feature reason source_path``), from the index."""
+    one tab-separated line each (``video_id feature reason source_path``), from the index;
+    empty when none failed."""
     with open_store(path) as store:
         lines = []
         for entry in sorted(store.entries(), key=lambda e: (e.video_id, e.feature)):
             if entry.status == "failed":
                 source = store.attrs(entry.video_id).get("source_path", "")
                 lines.append(f"{entry.video_id}\t{entry.feature}\t{entry.reason}\t{source}")
-    return "\n".join(lines) if lines else "no failures"
+    return "\n".join(lines)
 
 
 def runs_listing(path: str | Path) -> str:
