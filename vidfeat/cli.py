@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vidfeat: error: {error.args[0] if error.args else error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("vidfeat: stopped at once (Ctrl-C); rerun the same command to resume",
+        print("vidfeat: stopped at once; rerun the same command to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:  # a broken run is one line and exit 3; -v shows where
