@@ -245,3 +245,17 @@ def test_the_progress_bar_counts_each_video_once(corpus: Path, tmp_path: Path,
                  "--random-weights"]) == 0
     counters = [int(done) for done in re.findall(r"(\d+)/3 ", capfd.readouterr().err)]
     assert counters and counters[-1] == 3 and max(counters) == 3
+
+
+def test_a_float32_rerun_says_which_rows_stay_float16(corpus: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    store = tmp_path / "store"
+    command = ["extract", str(corpus / "talk.mp4"), "--store", str(store), "--features",
+               "vggish", "--workers", "1", "--random-weights", "--no-progress"]
+    assert main(command) == 0
+    capsys.readouterr()
+    assert main([*command, "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "1 already up to date" in out
+    assert "--dtype float32: 1 videos up to date keep their float16 rows" in out
+    assert vidfeat.open_store(str(store)).get("talk", "vggish", dtype=None).dtype == np.float16

@@ -87,6 +87,8 @@ class RunReport:
     interrupted: bool = False
     #: videos still to do that --limit left for the next run
     beyond_limit: int = 0
+    #: up-to-date videos whose float16 rows a --dtype float32 run leaves as they are
+    kept_float16: int = 0
 
     def add(self, outcomes: list[Outcome], frames: int = 0) -> None:
         self.outcomes += outcomes
@@ -127,6 +129,9 @@ class RunReport:
         lines += [f"  FAILED {o.video_id} {o.feature}: {o.reason}" for o in self.failed]
         if self.random_weights:
             lines.append("WARNING: RANDOM WEIGHTS were used: these are not real features")
+        if self.kept_float16:
+            lines.append(f"--dtype float32: {self.kept_float16} videos up to date keep their "
+                         f"float16 rows (--overwrite extracts them again)")
         if self.beyond_limit:
             lines.append(f"--limit: {self.beyond_limit} more videos to do; the same command "
                          f"does the next ones")
@@ -258,6 +263,10 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
         if names:
             todo.append((video, names))
         else:
+            if options.dtype == "float32" and any(  # rows are not extracted again for a dtype
+                    entry.dtype == "float16"
+                    for entry in index.video_features(video.video_id).values()):
+                report.kept_float16 += 1
             report.up_to_date += 1
             report.add([Outcome(video.video_id, name, "up_to_date", source_path=video.path)
                         for name in hashes])
