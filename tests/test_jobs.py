@@ -73,6 +73,12 @@ def _slurm(**settings: object) -> dict:
     ({**MINIMAL, "features": {"c3d": {"layr": "fc7"}}}, "job.yaml: features.c3d: "),
     ({**MINIMAL, "precision": "fp8"}, "job.yaml: precision: expected fp32, bf16 or fp16, "
                                       "got 'fp8'"),
+    ({**MINIMAL, "task_timeout": 0}, "job.yaml: task_timeout: expected a number of seconds "
+                                     "> 0, got 0"),
+    ({**MINIMAL, "wait_lock": -1}, "job.yaml: wait_lock: expected a number of seconds >= 0 "
+                                   "(.inf: as long as it takes), got -1"),
+    ({**MINIMAL, "retry_failed": "sometimes"}, "job.yaml: retry_failed: expected true or "
+                                               "false, got 'sometimes'"),
     ("sources: [a\nstore: b\n", "job.yaml: not valid YAML (line 2"),
     ("- a\n- b\n", "job.yaml: expected a mapping of keys"),
 ])
@@ -99,6 +105,8 @@ def test_every_shipped_example_is_a_valid_job(name: str) -> None:
     assert job.run["features"] and Path(job.store).is_absolute()
     kind = {"nightly": "local"}.get(name, name)
     assert job.cluster.kind == kind
+    if name == "nightly":  # the safeguard README's nightly cron line gives vidfeat extract
+        assert job.options().task_timeout == 1800
     if kind in ("slurm", "pbs"):
         assert "dask_worker" in job_script(job.cluster)
     if kind == "kubernetes":
@@ -201,6 +209,68 @@ def test_flags_override_the_job_file(tmp_path: Path) -> None:
     assert options.extractor_options == {"resnet152": {"fps": 2}, "c3d": {"layer": "fc7"}}
     assert given.cluster.kind == "local" and given.cluster.workers == 1
     assert job.options().extractor_options["resnet152"] == {"fps": 1}  # the file's unchanged
+
+
+def test_run_options_of_the_extract_flags_are_job_file_keys_and_flags_override_them(
+        tmp_path: Path) -> None:
+    from vidfeat.cli import build_parser, extract_job
+
+    path = _write(tmp_path, {**MINIMAL, "task_timeout": 1800, "wait_lock": 30,
+                             "retry_failed": True})
+    options = load_job(path).options()
+    assert (options.task_timeout, options.wait_lock, options.retry_failed) == (1800, 30, True)
+
+    def extract_options(*flags: str) -> object:
+        return extract_job(build_parser().parse_args(["extract", "--config", str(path),
+                                                      *flags])).options()
+
+    options = extract_options()  # flags not given leave the file's values
+    assert (options.task_timeout, options.wait_lock, options.retry_failed) == (1800, 30, True)
+    options = extract_options("--task-timeout", "60", "--wait-lock", "5")
+    assert (options.task_timeout, options.wait_lock) == (60, 5)
+    assert extract_options("--wait-lock").wait_lock is None  # alone: as long as it takes
+    path.write_text(yaml.safe_dump({**MINIMAL, "wait_lock": float("inf")}))  # .inf
+    assert load_job(path).options().wait_lock is None
+
+
+@pytest.mark.parametrize("flags", [("--wait-lock", "-1"), ("--task-timeout", "0"),
+                                   ("--task-timeout", "nan")])
+def test_a_bad_run_option_flag_is_one_line_and_creates_no_store(
+        flags: tuple[str, str], corpus: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    store = tmp_path / "store"
+    assert main(["extract", str(corpus / "talk.mp4"), "--store", str(store), *flags,
+                 "--random-weights"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"vidfeat: error: {flags[0]} must be ") and error.count("\n") == 1
+    assert not store.exists()
+
+
+def test_submit_waits_for_the_lock_as_long_as_the_job_file_says(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from vidfeat.storage.lock import StoreLock
+    from vidfeat.storage.writer import create_store
+
+    store = create_store(tmp_path / "store")
+    job = write_job(tmp_path / "job.yaml", [str(corpus / "talk.mp4")], store,
+                    {"local": {"workers": 1, "gpus": 0}}, wait_lock=1.5)
+    with StoreLock(store):  # another run holds the store all along: no worker ever starts
+        started = time.monotonic()
+        assert main(["submit", str(job)]) == 3
+        waited = time.monotonic() - started
+    assert 1.5 <= waited < 30
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith("vidfeat: error: ")]
+    assert len(errors) == 1 and f"store {store} is locked by host" in errors[0]
+
+
+def test_a_dry_run_of_a_retry_failed_job_plans_only_failures(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    job = write_job(tmp_path / "job.yaml", [str(corpus)], tmp_path / "store",
+                    {"local": {"workers": 1, "gpus": 0}}, retry_failed=True)
+    assert main(["submit", "--dry-run", str(job)]) == 0
+    # a new store lists no failure: a retry of failures has nothing to do
+    assert "videos: 0 found, 0 to extract, 0 already up to date" in capsys.readouterr().out
 
 
 def _command_line_cluster(*flags: str) -> object:

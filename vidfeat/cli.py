@@ -86,12 +86,15 @@ def _extract_flags(args: argparse.Namespace) -> dict:
         compile=args.compile or None, decoder=args.decoder, decode_threads=args.decode_threads,
         segment_seconds=args.segment_seconds, overwrite=args.overwrite or None,
         limit=args.limit, progress=False if args.no_progress else None,
+        wait_lock=args.wait_lock, task_timeout=args.task_timeout,
+        retry_failed=args.retry_failed or None,
     )
 
 
 def _run_job(job) -> int:  # job: vidfeat.jobs.jobfile.Job, imported lazily
     from vidfeat.jobs.submit import run_job
 
+    job.options().check()  # a bad --task-timeout, --dtype, ... is then the only line printed
     if job.run.get("random_weights"):
         print("WARNING: --random-weights: seeded random initialisation, NOT pretrained features",
               file=sys.stderr)
@@ -118,26 +121,9 @@ def extract_job(args: argparse.Namespace) -> Job:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from vidfeat.jobs.cluster import open_client
-    from vidfeat.pipeline.run import run_extraction
-
-    if args.task_timeout is not None and args.task_timeout <= 0:
-        raise ConfigError(f"--task-timeout must be positive, got {args.task_timeout:g}")
-    if args.wait_lock is not None and args.wait_lock < 0:
-        raise ConfigError(f"--wait-lock must be at least 0, got {args.wait_lock:g}")
-    job = extract_job(args)
-    options = job.options()
-    job.cluster.check_gpus(options.device)
-    if options.random_weights:
-        print("WARNING: --random-weights: seeded random initialisation, NOT pretrained features",
-              file=sys.stderr)
-    report = run_extraction(
-        job.expanded_sources(), job.store, options, lambda: open_client(job.cluster),
-        wait_lock=None if args.wait_lock == math.inf else args.wait_lock,
-        task_timeout=args.task_timeout, retry_failed=args.retry_failed,
-        configuration={"options": vars(options), "cluster": repr(job.cluster)})
-    print(report.summary())
-    return report.exit_code
+    # the run options' ranges (--task-timeout, --wait-lock, ...) are checked by
+    # RunOptions.check before the store is created, for flags and job files alike
+    return _run_job(extract_job(args))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -384,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--overwrite", action="store_true",
                          help="extract again even what the store holds up to date")
     extract.add_argument("--no-progress", action="store_true", help="no progress bar")
-    extract.add_argument("--wait-lock", type=float, nargs="?", const=math.inf, default=0.0,
+    extract.add_argument("--wait-lock", type=float, nargs="?", const=math.inf,
                          metavar="SECONDS",
                          help="wait for another run on the store to finish (SECONDS, or "
                               "without a value as long as it takes) instead of refusing")

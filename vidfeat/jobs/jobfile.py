@@ -4,6 +4,7 @@ before anything starts (``vidfeat.jobs.schema``)."""
 from __future__ import annotations
 
 import glob
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ from vidfeat.jobs.cluster import ClusterSpec
 from vidfeat.jobs.schema import BACKENDS, validate
 from vidfeat.pipeline.run import RunOptions
 
-#: job file keys that are RunOptions fields of the same name
+#: job file keys that are RunOptions fields of the same name (the ``vidfeat extract`` flags,
+#: ``-`` as ``_``)
 _RUN_KEYS = ("device", "random_weights", "dtype", "batch_size", "precision", "compile",
-             "decoder", "decode_threads", "segment_seconds", "overwrite", "limit", "progress")
+             "decoder", "decode_threads", "segment_seconds", "overwrite", "limit", "progress",
+             "wait_lock", "task_timeout", "retry_failed")
 #: paths inside a backend's section, relative to the job file like every other path
 _BACKEND_PATHS = ("log_directory", "local_directory")
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -36,6 +39,8 @@ class Job:
     def options(self) -> RunOptions:
         known = {f.name for f in fields(RunOptions)}
         options = RunOptions(**{k: v for k, v in self.run.items() if k in known})
+        if options.wait_lock == math.inf:  # .inf or a bare --wait-lock; None keeps the report
+            options.wait_lock = None       # JSON strict (json writes inf as Infinity)
         options.model_resources = dict(self.cluster.resolved().model_resources)
         return options
 

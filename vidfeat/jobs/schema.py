@@ -91,6 +91,11 @@ JOB_SCHEMA: dict[str, Any] = _section({
     "overwrite": {"type": "boolean", "expected": "true or false"},
     "limit": _POSITIVE_INT,
     "progress": {"type": "boolean", "expected": "true or false"},
+    # the ranges of the flags of the same name (RunOptions.check)
+    "wait_lock": {"type": "number", "minimum": 0,
+                  "expected": "a number of seconds >= 0 (.inf: as long as it takes)"},
+    "task_timeout": _SECONDS,
+    "retry_failed": {"type": "boolean", "expected": "true or false"},
     "cluster": _section({
         "local": _section({"workers": _COUNT, "threads_per_worker": _POSITIVE_INT,
                            "gpus": {"type": ["integer", "string"], "minimum": 0,

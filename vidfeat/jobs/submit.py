@@ -21,7 +21,8 @@ def run_extract(sources: list[str], store: str | Path, options: RunOptions,
     """Extract ``options.features`` from the videos ``sources`` name into ``store`` on
     ``cluster`` (a local cluster of 2 worker processes when None), as ``vidfeat extract`` does:
     under the store's lock, with a run report, Ctrl-C handling; ``run``: the keywords of
-    ``vidfeat.pipeline.run.run_extraction`` (wait_lock, task_timeout, retry_failed, ...)."""
+    ``vidfeat.pipeline.run.run_extraction`` (configuration, allowed_failures); wait_lock,
+    task_timeout and retry_failed are ``options``'."""
     cluster = cluster or ClusterSpec()
     return run_extraction(sources, store, options, partial(open_client, cluster), **run)
 

@@ -57,6 +57,13 @@ class RunOptions:
     overwrite: bool = False
     limit: int | None = None
     progress: bool = True
+    #: seconds to wait for another run's store lock (0: refuse at once; None: as long as it
+    #: takes)
+    wait_lock: float | None = 0.0
+    #: seconds a task may run on its worker before it is abandoned (None: no limit)
+    task_timeout: float | None = None
+    #: extract again only the features the store lists as failed
+    retry_failed: bool = False
 
     def check(self) -> None:
         if not self.features:
@@ -73,6 +80,11 @@ class RunOptions:
         if self.segment_seconds is not None and self.segment_seconds <= 0:
             raise ConfigError(f"segment seconds must be positive, got {self.segment_seconds}")
         check_precision(self.precision)
+        # "not >" rather than "<=": NaN is no timeout either
+        if self.task_timeout is not None and not self.task_timeout > 0:
+            raise ConfigError(f"--task-timeout must be positive, got {self.task_timeout:g}")
+        if self.wait_lock is not None and not self.wait_lock >= 0:
+            raise ConfigError(f"--wait-lock must be at least 0, got {self.wait_lock:g}")
 
 
 @dataclass
@@ -216,13 +228,13 @@ def _features_to_extract(video: VideoSource, index: StoreIndex, hashes: dict[str
 
 
 def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
-                lock: bool = False, wait_lock: float | None = 0.0,
-                retry_failed: bool = False) -> PreparedRun:
+                lock: bool = False) -> PreparedRun:
     """Validate everything and decide what each video needs; creates the store.
 
-    ``lock``: take the store's run lock (``wait_lock`` seconds to wait for another run, None:
-    forever) before reading the index; the caller releases it (``PreparedRun.release``).
-    ``retry_failed``: only the features the index records as failed for these videos."""
+    ``lock``: take the store's run lock (``options.wait_lock`` seconds to wait for another
+    run, None: forever) before reading the index; the caller releases it
+    (``PreparedRun.release``). ``options.retry_failed``: only the features the index records
+    as failed for these videos."""
     options.check()
     corpus = scan(sources)
     videos = corpus.videos
@@ -231,7 +243,7 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
         resolve_device(options.device)  # refuse --device cuda on a machine without one now
     hashes = {name: s.describe().config_hash() for name, s in specs.items()}
     store = create_store(store)
-    held = StoreLock(store, wait=wait_lock) if lock else None
+    held = StoreLock(store, wait=options.wait_lock) if lock else None
     if held is not None:
         held.acquire()
     try:
@@ -248,7 +260,7 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
     todo = []
     for video in videos:
         try:
-            if retry_failed:
+            if options.retry_failed:
                 names = _failed_features(video, index, hashes)
                 if not names:
                     report.videos -= 1  # not listed as failed: not part of this run

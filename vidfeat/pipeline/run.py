@@ -38,21 +38,22 @@ from vidfeat.storage.runs import build_report, write_report
 
 def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
                    open_cluster: Callable[[], contextlib.AbstractContextManager[Any]], *,
-                   wait_lock: float | None = 0.0, task_timeout: float | None = None,
-                   retry_failed: bool = False, allowed_failures: int = 2,
+                   allowed_failures: int = 2,
                    configuration: dict[str, Any] | None = None) -> RunReport:
     """A whole run under the store's run lock: prepare, open the cluster, execute, with the
     run report written into the store at the start and replaced at the end (also when the
     run breaks). The first Ctrl-C stops submitting and lets the tasks in flight finish (the
     report says ``interrupted``); a second one stops at once (KeyboardInterrupt).
+    ``options`` also say how long to wait for the lock (``wait_lock``), when to abandon a task
+    (``task_timeout``) and whether to retry only failures (``retry_failed``), so a job file
+    sets them as the flags do.
     ``allowed_failures``: deaths of a worker running a task before the task is recorded as
     failed (a video that kills its worker, out of memory say)."""
     import dask
     import distributed  # noqa: F401  (its config defaults, which dask.config.set extends)
 
     started = time.time()
-    run = prepare_run(sources, store, options, lock=True, wait_lock=wait_lock,
-                      retry_failed=retry_failed)
+    run = prepare_run(sources, store, options, lock=True)
     configuration = configuration or {}
 
     def record(exit_code: int | None, interrupted: bool = False) -> None:
@@ -69,7 +70,7 @@ def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
                     {"distributed.scheduler.allowed-failures": allowed_failures}):
                 client = stack.enter_context(open_cluster())
             register_plugin(client, _ignore_interrupts_plugin(), "vidfeat-ignore-interrupts")
-            report = execute(run, client, stop=stop, task_timeout=task_timeout)
+            report = execute(run, client, stop=stop, task_timeout=options.task_timeout)
         if report.interrupted:
             StoreIndex(run.store).add_unindexed()  # a task finishing as the cluster closed
         record(report.exit_code, report.interrupted)
