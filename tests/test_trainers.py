@@ -4,6 +4,7 @@ published code, and `vidfeat train` / `vidfeat eval` beating chance on a tiny ex
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from training_corpus import TrainingCorpus, training_corpus
 
 from vidfeat.cli import main
+from vidfeat.datasets import seeded_split
 from vidfeat.datasets.trainers import metrics
 from vidfeat.datasets.trainers.captioning import S2VT
 from vidfeat.datasets.trainers.grounding import (
@@ -216,6 +218,55 @@ def test_attention_lstm_tags_beat_chance(corpus: TrainingCorpus, tmp_path: Path)
     assert "clips/quiet.mp4" in saved["split"]["train"]  # a video without audio trains too
     assert rescore(corpus, tmp_path, "tags_val.txt", "--split", "all") == {
         k: v for k, v in result.items() if k not in ("chance", "epochs")}
+
+
+def _annotations_with_a_missing_video(corpus: TrainingCorpus, task: str,
+                                      folder: Path) -> tuple[Path, list[str], str, list[str]]:
+    """Six videos of the store and one it lacks: the file, the names, the missing one and the
+    flags of a small model."""
+    clips = sorted(corpus.clips)[:6]
+    if task == "tagging":
+        names, missing = [f"{v}.mp4" for v in clips], "video404.mp4"
+        path = folder / "tags.txt"
+        path.write_text("".join(f"{v}.mp4\ttitle\tsource_{corpus.clips[v][0]},"
+                                f"tone_{corpus.clips[v][1]}\n" for v in clips)
+                        + f"{missing}\tnever extracted\tsource_testsrc2\n")
+        return path, names, missing, ["--set", "image_hidden=8", "--set", "audio_hidden=4"]
+    if task == "captioning":
+        names, missing = clips, "video404"
+        path = folder / "captions.json"
+        path.write_text(json.dumps({**{v: [f"clip {v}"] for v in clips},
+                                    missing: ["never extracted"]}))
+        return path, names, missing, ["--set", "hidden=16", "--set", "word_dim=8",
+                                      "--set", "frames=2"]
+    names, missing = sorted(corpus.scenes)[:6], "scene_missing_3"
+    path = folder / "moments.txt"
+    path.write_text("".join(f"{v} 0.0 {corpus.scenes.get(v, (3,))[0]:.1f}##the first part.\n"
+                            for v in [*names, missing]))
+    return path, names, missing, ["--set", "feature=vggish", "--set", "num_segments=6",
+                                  "--set", "hidden=8", "--set", "word_dim=8",
+                                  "--set", "text_layers=1", "--set", "map_layers=1",
+                                  "--set", "kernel=3"]
+
+
+@pytest.mark.parametrize("task", ["tagging", "captioning", "grounding"])
+def test_the_seeded_split_is_drawn_among_the_videos_in_the_store(
+        task: str, corpus: TrainingCorpus, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    annotations, names, missing, settings = _annotations_with_a_missing_video(corpus, task,
+                                                                              tmp_path)
+    # a seed whose 20 % split of all seven names holds out exactly the missing video
+    seed = next(s for s in range(1000) if seeded_split([*names, missing], 0.2, s)[1]
+                == [missing])
+    with caplog.at_level(logging.WARNING, logger="vidfeat.datasets"):
+        assert main(["train", task, "--store", str(corpus.store), "--annotations",
+                     str(annotations), "--out", str(tmp_path / "out"), *FAST, "--epochs", "1",
+                     "--seed", str(seed), *settings]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"1 annotated videos are not in {corpus.store} ({missing})" in warnings[0]
+    split = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["split"]
+    assert (split["train"], split["val"]) == seeded_split(names, 0.2, seed)
 
 
 def test_train_rejects_bad_settings_in_one_line(corpus: TrainingCorpus, tmp_path: Path,

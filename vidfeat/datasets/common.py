@@ -130,6 +130,22 @@ def seeded_split(keys: Iterable[str], val_fraction: float,
     return sorted(keys[held_out:]), sorted(keys[:held_out])
 
 
+def seeded_split_in_store(names: Iterable[str], store: FeatureStore | str | Path, feature: str,
+                          val_fraction: float, seed: int,
+                          source: str | Path) -> tuple[list[str], list[str]]:
+    """``seeded_split`` of the annotation names whose video has ``feature`` in the store; the
+    others get one warning (``report_unknown``) and are in neither split.
+
+    Drawn after the drop: a video drawn into the small validation split and then dropped
+    could leave that split empty, and only because of where the seed fell."""
+    store = as_store(store)
+    have = videos_with(store, feature)
+    names = set(names)
+    usable = {name for name in names if video_id_of(name, have) is not None}
+    report_unknown(names - usable, store, source)
+    return seeded_split(usable, val_fraction, seed)
+
+
 def l2_normalized(rows: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (``F.normalize(x, dim=1)``: zero rows stay zero)."""
     return torch.nn.functional.normalize(torch.from_numpy(rows), dim=1).numpy()

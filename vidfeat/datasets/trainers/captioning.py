@@ -22,7 +22,7 @@ from vidfeat.datasets.captioning import (
     collate_captions,
     load_captions,
 )
-from vidfeat.datasets.common import seeded_split
+from vidfeat.datasets.common import seeded_split_in_store
 from vidfeat.datasets.text import Vocabulary, tokenize
 from vidfeat.datasets.trainers import metrics
 from vidfeat.datasets.trainers.loop import (
@@ -103,9 +103,10 @@ def select(annotations: CaptionAnnotations, names: list[str] | None) -> dict[str
 
 
 def split(annotations: CaptionAnnotations, val_annotations: Path | None,
-          options: TrainOptions) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+          options: TrainOptions, store: Any, feature: str,
+          source: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Train and validation captions: a validation file, MSR-VTT's own splits, or a seeded
-    split of the videos."""
+    split of the videos that have ``feature`` in the store."""
     if val_annotations is not None:
         return annotations.captions, load_captions(val_annotations).captions
     if annotations.splits:
@@ -113,7 +114,8 @@ def split(annotations: CaptionAnnotations, val_annotations: Path | None,
         val = [v for v, s in annotations.splits.items() if s in VAL_SPLITS]
         if train and val:
             return select(annotations, train), select(annotations, val)
-    train, val = seeded_split(annotations.captions, options.val_fraction, options.seed)
+    train, val = seeded_split_in_store(annotations.captions, store, feature,
+                                       options.val_fraction, options.seed, source)
     return select(annotations, train), select(annotations, val)
 
 
@@ -157,7 +159,8 @@ def train(store: Any, annotations: Path, val_annotations: Path | None, settings:
           options: TrainOptions, device: torch.device) -> tuple[dict, list, dict]:
     """Returns the checkpoint, the per-epoch history and the chance levels."""
     generator = seed_everything(options.seed)
-    train_captions, val_captions = split(load_captions(annotations), val_annotations, options)
+    train_captions, val_captions = split(load_captions(annotations), val_annotations, options,
+                                         store, settings["feature"], annotations)
     vocab = Vocabulary.build((s for refs in train_captions.values() for s in refs),
                              settings["min_count"])
     train_data = dataset(store, train_captions, vocab, settings, str(annotations))

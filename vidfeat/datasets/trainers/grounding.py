@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidfeat.datasets.common import seeded_split
+from vidfeat.datasets.common import seeded_split_in_store
 from vidfeat.datasets.grounding import GroundingDataset, Moment, collate_moments, load_moments
 from vidfeat.datasets.text import Vocabulary
 from vidfeat.datasets.trainers import metrics
@@ -160,8 +160,9 @@ def train(store: Any, annotations: Path, val_annotations: Path | None, settings:
     if val_annotations is not None:
         train_moments, val_moments = moments, load_moments(val_annotations)
     else:
-        train_names, val_names = seeded_split((m.video for m in moments), options.val_fraction,
-                                              options.seed)
+        train_names, val_names = seeded_split_in_store(
+            (m.video for m in moments), store, settings["feature"], options.val_fraction,
+            options.seed, annotations)
         train_moments, val_moments = select(moments, train_names), select(moments, val_names)
     vocab = Vocabulary.build((m.sentence for m in train_moments), settings["min_count"])
     train_data = dataset(store, train_moments, vocab, settings, str(annotations))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidfeat.datasets.common import seeded_split
+from vidfeat.datasets.common import seeded_split_in_store
 from vidfeat.datasets.tagging import (
     TaggedVideo,
     TaggingDataset,
@@ -119,8 +119,9 @@ def train(store: Any, annotations: Path, val_annotations: Path | None, settings:
     if val_annotations is not None:
         train_tagged, val_tagged = tagged, load_tags(val_annotations)
     else:
-        train_names, val_names = seeded_split((t.video for t in tagged), options.val_fraction,
-                                              options.seed)
+        train_names, val_names = seeded_split_in_store(
+            (t.video for t in tagged), store, settings["image"], options.val_fraction,
+            options.seed, annotations)
         train_tagged, val_tagged = select(tagged, train_names), select(tagged, val_names)
     classes = load_classes(classes_file) if classes_file else classes_of(train_tagged)
     train_data = dataset(store, train_tagged, classes, settings, str(annotations))
