@@ -149,3 +149,21 @@ def test_contradictory_export_flags_are_one_line_errors(
     assert main(["export", str(corpus.store), str(tmp_path / "out"), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags,absent", [
+    (["--format", "hdf5", "--feature", "c3d"], "'c3d'"),  # a real extractor, not extracted
+    (["--format", "hdf5", "--feature", "vggish,bogus"], "'bogus'"),
+    (["--format", "npy", "--feature", "bogus"], "'bogus'"),
+    (["--format", "npy", "--layout", "per-video", "--feature", "bogus"], "'bogus'"),
+    (["--format", "paddle", "--feature", "resnet152,vgish"], "'vgish'"),
+])
+def test_export_of_a_feature_the_store_lacks_is_exit_2_and_writes_nothing(
+        corpus: TrainingCorpus, tmp_path: Path, capsys: pytest.CaptureFixture,
+        flags: list[str], absent: str) -> None:
+    out = tmp_path / "out"
+    assert main(["export", str(corpus.store), str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"no feature {absent} in this store" in err
+    assert err.endswith("its features: resnet152, vggish")
+    assert list(tmp_path.iterdir()) == []

@@ -30,6 +30,10 @@ MSR-VTT ids being ``video0``, ``video1``, ...).
 For both, several features are concatenated along features: the first feature's rows are kept
 and each other feature is resampled onto their time spans (``rows_on_timeline``), as S2VT
 pipelines tile C3D onto frames. A video lacking one of the features is not exported (logged).
+
+Every export first checks that each feature it is to write is in the store (for any video,
+whatever its status): a name the store has never held (a typo, a feature not extracted) is a
+ConfigError naming the store's features, raised before anything is written.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from vidfeat.errors import ConfigError
 from vidfeat.storage.index import FeatureEntry
 from vidfeat.storage.reader import FeatureStore, _resample, using_store
 from vidfeat.storage.writer import TEMP_SUFFIX
@@ -63,6 +68,8 @@ def export_npy(store_or_path: FeatureStore | str | Path, outdir: str | Path,
     outdir = Path(outdir)
     written = 0
     with using_store(store_or_path) as store:
+        if features is not None:
+            check_features(store, features)
         for video_id in store.videos():
             video_fps = store.attrs(video_id).get("fps")
             for feature in store.features(video_id):
@@ -94,11 +101,12 @@ def export_paddle(
     Returns the number of pickles written; see the module docstring for missing audio.
     """
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     audio_missing: list[tuple[str, str]] = []
     image_missing: list[tuple[str, str]] = []
     written = 0
     with using_store(store_or_path) as store:
+        check_features(store, [image, audio])
+        outdir.mkdir(parents=True, exist_ok=True)
         entries = {(e.video_id, e.feature): e for e in store.entries()}
         audio_dim = _dim(entries.values(), audio)
         for video_id in sorted({video_id for video_id, _ in entries}):
@@ -129,6 +137,20 @@ def export_paddle(
                         audio if name.startswith("audio") else image, consequence,
                         outdir / name)
     return written
+
+
+def check_features(store: FeatureStore, features: list[str]) -> None:
+    """ConfigError unless every feature is in the store (for at least one video, any status).
+
+    Without it a misspelt or never extracted feature exports nothing and reports success; a
+    feature that only failed or was skipped is in the store, and the export says which videos
+    lack it."""
+    known = sorted({entry.feature for entry in store.entries()})
+    absent = [feature for feature in features if feature not in known]
+    if absent:
+        names = ", ".join(repr(feature) for feature in absent)
+        raise ConfigError(f"{store.path}: no feature {names} in this store; its features: "
+                          f"{', '.join(known) or 'none'}")
 
 
 def _dim(entries: Iterable[FeatureEntry], feature: str) -> int:
@@ -170,6 +192,7 @@ def export_hdf5(store_or_path: FeatureStore | str | Path, out_file: str | Path,
     temp = out_file.with_name(f".{out_file.name}.{os.getpid()}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
     written = 0
     with using_store(store_or_path) as store:
+        check_features(store, features)
         try:
             with h5py.File(temp, "w", libver="v108") as h5:
                 for video_id, rows in _concatenated(store, features):
@@ -186,9 +209,10 @@ def export_per_video(store_or_path: FeatureStore | str | Path, outdir: str | Pat
                      features: list[str]) -> int:
     """``OUT/<video_id>.npy`` per video (video-caption.pytorch's input). Returns the count."""
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     written = 0
     with using_store(store_or_path) as store:
+        check_features(store, features)
+        outdir.mkdir(parents=True, exist_ok=True)
         for video_id, rows in _concatenated(store, features):
             np.save(outdir / f"{video_id}.npy", rows)
             written += 1
