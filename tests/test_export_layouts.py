@@ -16,7 +16,7 @@ from training_corpus import TrainingCorpus, training_corpus
 
 from vidfeat import open_store
 from vidfeat.cli import main
-from vidfeat.storage.export import rows_on_timeline
+from vidfeat.storage.export import read_labels, rows_on_timeline
 
 
 @pytest.fixture(scope="session")
@@ -167,3 +167,45 @@ def test_export_of_a_feature_the_store_lacks_is_exit_2_and_writes_nothing(
     assert len(err.splitlines()) == 1 and f"no feature {absent} in this store" in err
     assert err.endswith("its features: resnet152, vggish")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_paddle_labels_in_multimodal_video_tags_own_label_file(corpus: TrainingCorpus,
+                                                                tmp_path: Path) -> None:
+    # MultimodalVideoTag load_video_file: URL<TAB>title<TAB>names; a line without labels is
+    # skipped, the first line with labels wins, the pickle is found by the URL's stem
+    labels = tmp_path / "train.txt"
+    labels.write_text("clips/video0.mp4\tTitle, with a comma\tpattern,low\n"
+                      "video0.mp4\tlater line\tother\n"
+                      "video1.mp4\tno labels yet\t\n"
+                      "/data/video1.mp4\t标题\tfractal\n", encoding="utf8")
+    export(corpus, "--format", "paddle", str(tmp_path / "pkl"), "--labels", str(labels))
+    label = {video: pickle.loads((tmp_path / "pkl" / f"{video}.pkl").read_bytes())["label"]
+             for video in ("video0", "video1", "video2")}
+    assert label == {"video0": ["pattern", "low"], "video1": ["fractal"], "video2": []}
+    # three tab-separated columns of integer ids are the other form, as before
+    labels.write_text("video0\t1\t3\n")
+    assert read_labels(labels) == {"video0": [1, 3]}
+
+
+@pytest.mark.parametrize("content,message", [
+    ("a.mp4\tTitle\tcat\nb.mp4\tno label column\n",
+     "labels.txt:2: expected 'video<TAB>title<TAB>label,label' (MultimodalVideoTag's label "
+     "file) as the first line is, got 'b.mp4\\tno label column'"),
+    ("video0 1,3\n\nvideo1 cat,dog\n",
+     "labels.txt:3: expected 'VIDEO_ID ID,ID,...' with integer class ids (or "
+     "'video<TAB>title<TAB>label,label' (MultimodalVideoTag's label file) on every line), "
+     "got 'video1 cat,dog'"),
+    (None, "labels.txt: cannot read the labels file: No such file or directory"),
+])
+def test_bad_or_missing_labels_file_is_exit_2_naming_file_and_line(
+        corpus: TrainingCorpus, tmp_path: Path, capsys: pytest.CaptureFixture,
+        content: str | None, message: str) -> None:
+    labels = tmp_path / "labels.txt"
+    if content is not None:
+        labels.write_text(content)
+    out = tmp_path / "pkl"
+    assert main(["export", str(corpus.store), "--format", "paddle", str(out),
+                 "--labels", str(labels)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err == f"vidfeat: error: {tmp_path}/{message}"
+    assert not out.exists()

@@ -182,20 +182,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _labels(path: str | None) -> dict[str, list[int]] | None:
-    """VIDEO_ID<TAB or space>ID,ID,... per line."""
-    if not path:
-        return None
-    labels = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            video_id, _, ids = line.strip().partition(" " if "\t" not in line else "\t")
-            labels[video_id] = [int(i) for i in ids.replace(",", " ").split()]
-    return labels
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    from vidfeat.storage.export import export_hdf5, export_npy, export_paddle, export_per_video
+    from vidfeat.storage.export import (
+        export_hdf5,
+        export_npy,
+        export_paddle,
+        export_per_video,
+        read_labels,
+    )
 
     features = [f.strip() for f in args.feature.split(",") if f.strip()] if args.feature else None
     if args.layout == "per-video" and args.format != "npy":
@@ -212,7 +206,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         count = export_npy(args.store, args.outdir, features=features)
     else:
         image_audio = dict(zip(("image", "audio"), features or [], strict=False))
-        count = export_paddle(args.store, args.outdir, labels=_labels(args.labels), **image_audio)
+        labels = read_labels(args.labels) if args.labels else None
+        count = export_paddle(args.store, args.outdir, labels=labels, **image_audio)
     print(f"exported {count} {'videos' if args.format == 'hdf5' else 'files'} to {args.outdir}")
     return EXIT_OK
 
@@ -414,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("store")
     export.add_argument("--format", choices=["npy", "paddle", "hdf5"], required=True)
     export.add_argument("outdir", metavar="OUTDIR", help="a directory (hdf5: the OUT.hdf5 file)")
-    export.add_argument("--labels", help="paddle: file of VIDEO_ID LABEL,LABEL,... lines")
+    export.add_argument("--labels", metavar="FILE",
+                        help="paddle: MultimodalVideoTag's label file (video<TAB>title<TAB>"
+                             "label,label lines) or VIDEO_ID ID,ID,... lines (integer ids)")
     export.add_argument("--layout", choices=["video-features", "per-video"],
                         default="video-features",
                         help="npy: OUT/<feature>/<id>_<feature>.npy (video_features) or "

@@ -8,13 +8,23 @@ known), e.g. ``OUT/resnet152/v1_resnet152.npy``.
 
 ``export_paddle`` writes PaddleVideo MultimodalVideoTag's input: one pickle ``<video_id>.pkl``
 per video, ``{'video': id, 'feature': {'image_pkl': (T, 2048), 'audio_pkl': (T', 128)},
-'label': [ids]}``, float32. Its reader (scenario_lib/datareader/feature_reader.py) indexes
-``audio_pkl`` unconditionally and substitutes zeros (10, 128) itself when that array has no
-rows. So a video without audio features gets an empty (0, 128) ``audio_pkl``: the file holds no
+'label': [ids or names]}``, float32. Its reader (scenario_lib/datareader/feature_reader.py)
+indexes ``audio_pkl`` unconditionally and substitutes zeros (10, 128) itself when that array has
+no rows. So a video without audio features gets an empty (0, 128) ``audio_pkl``: the file holds no
 invented values, the reader applies its documented fallback, and the videos concerned are
 logged and listed in ``OUT/audio_missing.tsv`` with the store's reason. A video without image
 features cannot be used by that model and is not exported (logged, and listed in
 ``OUT/image_missing.tsv``).
+
+``read_labels`` reads the labels for those pickles, in either of two forms, told apart by the
+first line (integer ids after its first column, or not): ``VIDEO_ID<TAB or spaces>ID,ID,...``
+with integer class ids (commas or blanks between them), keyed by the store's video id; or
+MultimodalVideoTag's own label file, ``video<TAB>title<TAB>label1,label2``
+(``load_video_file``: the video named by URL, path or file name; the labels by class name; a
+line without labels is skipped and the first line with labels for a video wins), keyed as its
+reader names the pickle, ``url.split('/')[-1].split('.')[0]``. The names or ids
+are put in the pickle's ``label`` as given: the reader itself takes labels from its label file
+and class list, not from the pickle.
 
 ``export_hdf5`` writes one HDF5 file with one [N, D] float32 dataset per video, ``f[video_id]``,
 the layout 2D-TAN's Charades-STA and TACoS loaders read (microsoft/VideoX
@@ -89,10 +99,62 @@ def export_npy(store_or_path: FeatureStore | str | Path, outdir: str | Path,
     return written
 
 
+MVT_FORM = "'video<TAB>title<TAB>label,label' (MultimodalVideoTag's label file)"
+ID_FORM = "'VIDEO_ID ID,ID,...' with integer class ids"
+
+
+def read_labels(path: str | Path) -> dict[str, list[int] | list[str]]:
+    """The labels file for ``export_paddle``, in either form (see the module docstring).
+
+    ConfigError, naming the file and line, for a line in neither form or in the other form
+    than the first line's; ConfigError for a file that cannot be read."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise ConfigError(f"{path}: cannot read the labels file: {reason}") from None
+    labels: dict[str, list[int] | list[str]] = {}
+    paddle_form: bool | None = None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        video_id, _, ids = line.strip().partition("\t" if "\t" in line else " ")
+        if paddle_form is None:
+            # a title column and no integer ids (`v<TAB>1<TAB>3` is ids): MultimodalVideoTag's
+            paddle_form = len(fields) >= 3 and _integers(ids) is None
+        if paddle_form:
+            if len(fields) != 3:
+                raise ConfigError(f"{path}:{number}: expected {MVT_FORM} as the first line is, "
+                                  f"got {line[:80]!r}")
+            # PaddleVideo finds the pickle of a URL by this name; it skips a line without
+            # labels and keeps the first line with labels for a video
+            video_id = fields[0].strip().split("/")[-1].split(".")[0]
+            names = [name.strip() for name in fields[2].split(",") if name.strip()]
+            if names and video_id not in labels:
+                labels[video_id] = names
+            continue
+        integers = _integers(ids)
+        if integers is None:
+            raise ConfigError(f"{path}:{number}: expected {ID_FORM} (or {MVT_FORM} on every "
+                              f"line), got {line[:80]!r}")
+        labels[video_id] = integers
+    return labels
+
+
+def _integers(text: str) -> list[int] | None:
+    """``1,3`` or ``1 3`` as [1, 3]; None unless every item is an integer."""
+    try:
+        return [int(item) for item in text.replace(",", " ").split()]
+    except ValueError:
+        return None
+
+
 def export_paddle(
     store_or_path: FeatureStore | str | Path,
     outdir: str | Path,
-    labels: dict[str, list[int]] | None = None,
+    labels: dict[str, list[int] | list[str]] | None = None,
     image: str = "resnet152",
     audio: str = "vggish",
 ) -> int:
