@@ -6,6 +6,8 @@ import json
 import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -402,3 +404,13 @@ def test_plot_writes_a_png(filled, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(KeyError):
         plot_video(filled, "missing", tmp_path / "x.png")
+
+
+def test_inspect_into_a_closed_pipe_exits_quietly(filled):
+    # `vidfeat inspect DIR | head -1`: the reader is gone before vidfeat writes (it closes its
+    # end while the child still imports), as head does after its first lines
+    child = subprocess.Popen([sys.executable, "-m", "vidfeat.cli", "inspect", str(filled)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()
+    _, err = child.communicate(timeout=120)
+    assert (child.returncode, err.decode()) == (141, "")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import http.server
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -194,3 +196,12 @@ def test_weights_in_torch_hubs_cache_are_found_and_verified(torch_home: Path,
     (torch_home / "c3d.pickle").write_bytes(b"anything")
     with pytest.raises(vidfeat.errors.WeightsError, match="not found"):
         weights.locate("c3d-sports1m")
+
+
+def test_weights_list_into_a_closed_pipe_exits_quietly() -> None:
+    # `vidfeat weights list | head -1`: silent, exit 141 as for a tool SIGPIPE killed
+    child = subprocess.Popen([sys.executable, "-m", "vidfeat.cli", "weights", "list"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()
+    _, err = child.communicate(timeout=120)
+    assert (child.returncode, err.decode()) == (141, "")

@@ -5,7 +5,8 @@ The `vidfeat` command; heavy imports happen inside the commands so `--help` is f
 Exit codes: 0 success; 1 finished with problems (failed videos, verify found problems, a
 selftest missed its reference); 2 bad usage, configuration or weights (nothing was done);
 3 the run broke (store unwritable, full, locked by another run or of an unknown schema, cluster
-unreachable, any unexpected error); 130 stopped by Ctrl-C after storing what finished.
+unreachable, any unexpected error); 130 stopped by Ctrl-C after storing what finished; 141
+(128 + SIGPIPE) silently, when the reader of stdout went away (`vidfeat inspect DIR | head`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
+import select
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_BROKEN = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
+# what a shell reports for a process that SIGPIPE killed, as `cat big | head` does
+EXIT_BROKEN_PIPE = 141
 
 
 def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
@@ -469,13 +474,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (``| head``): Linux reports POLLERR
+    on such a pipe's write end. A BrokenPipeError from anything else (a socket to a Dask
+    worker) is a broken run and must not pass silently."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or stdout is no file (captured)
+        return False
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit does not fail again
+    on the closed pipe ("Exception ignored ... BrokenPipeError")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # output still buffered fails here, where it is caught, not at exit
+        return code
+    except BrokenPipeError as error:
+        # not SIG_DFL for SIGPIPE: that would kill the driver on a socket to a dead worker
+        if not _stdout_reader_gone():
+            print(f"vidfeat: error: {error}", file=sys.stderr)
+            return EXIT_BROKEN
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except (ConfigError, WeightsError) as error:
         print(f"vidfeat: error: {error}", file=sys.stderr)
         return EXIT_USAGE
