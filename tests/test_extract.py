@@ -174,6 +174,17 @@ def test_unknown_extractor_and_bad_device(corpus: Path, tmp_path: Path,
         assert "no CUDA device" in capsys.readouterr().err
 
 
+def test_unknown_extractor_option_names_the_extractor_and_the_valid_ones(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["extract", str(corpus), "--store", str(tmp_path / "s"), "--features",
+                 "resnet152", "--set", "resnet152.bogus=1", "--random-weights"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if not line.startswith("WARNING: --random-weights")]
+    assert errors == ["vidfeat: error: unknown option 'bogus' for extractor resnet152; valid "
+                      "options: weights_version, fps, frames, precision, compile"]
+    assert not (tmp_path / "s").exists()
+
+
 def test_features_aligned_on_one_time_grid(store: Path) -> None:
     features = vidfeat.open_store(str(store))
     aligned = features.aligned("talk", ["resnet152", "c3d", "vggish"], grid=1.0)

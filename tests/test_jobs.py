@@ -70,7 +70,9 @@ def _slurm(**settings: object) -> dict:
                                       "got '16'"),
     ({**MINIMAL, "features": []}, "job.yaml: features: must not be empty"),
     ({**MINIMAL, "features": ["resnet"]}, "job.yaml: features.resnet: unknown extractor"),
-    ({**MINIMAL, "features": {"c3d": {"layr": "fc7"}}}, "job.yaml: features.c3d: "),
+    ({**MINIMAL, "features": {"c3d": {"layr": "fc7"}}},
+     "job.yaml: features.c3d: unknown option 'layr' for extractor c3d; valid options: layer, "
+     "stride, mean_file, pca, precision, compile"),
     ({**MINIMAL, "precision": "fp8"}, "job.yaml: precision: expected fp32, bf16 or fp16, "
                                       "got 'fp8'"),
     ({**MINIMAL, "task_timeout": 0}, "job.yaml: task_timeout: expected a number of seconds "

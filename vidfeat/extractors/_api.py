@@ -9,10 +9,11 @@ to the samplers of all visual extractors, so a video is never decoded twice.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,6 +376,24 @@ def get_extractor(name: str) -> type[Extractor]:
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
         raise ConfigError(f"unknown extractor {name!r}; known: {known}") from None
+
+
+#: run options one feature may override (``--set c3d.precision=bf16``): taken out of its options
+#: before the extractor is built (pipeline.prepare, jobs.jobfile), yet valid extractor options
+RUN_OPTION_OVERRIDES = ("precision", "compile")
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """ConfigError naming the extractor, each option it does not take and those it does (the
+    constructor's TypeError names its class and no valid option)."""
+    parameters = inspect.signature(get_extractor(name).__init__).parameters.values()
+    valid = [p.name for p in parameters if p.name != "self"
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)] + list(RUN_OPTION_OVERRIDES)
+    unknown = [option for option in options if option not in valid]
+    if unknown:
+        raise ConfigError(f"unknown option{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(map(repr, unknown))} for extractor {name}; "
+                          f"valid options: {', '.join(valid)}")
 
 
 def _import_builtins() -> None:

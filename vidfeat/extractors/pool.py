@@ -12,7 +12,13 @@ from typing import Any
 import torch
 
 from vidfeat.errors import ConfigError
-from vidfeat.extractors._api import Extractor, Precision, check_precision, get_extractor
+from vidfeat.extractors._api import (
+    Extractor,
+    Precision,
+    check_options,
+    check_precision,
+    get_extractor,
+)
 from vidfeat.extractors.weights import (
     check_keys,
     load_weights,
@@ -46,6 +52,7 @@ class ExtractorSpec:
         check_precision(self.precision)
 
     def build(self) -> Extractor:
+        check_options(self.name, self.options)
         try:
             extractor = get_extractor(self.name)(**self.options)
         except TypeError as error:
