@@ -185,6 +185,17 @@ def test_unknown_extractor_option_names_the_extractor_and_the_valid_ones(
     assert not (tmp_path / "s").exists()
 
 
+def test_store_path_that_is_a_file_is_one_line(corpus: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    plain = tmp_path / "afile"
+    plain.write_text("")
+    assert main(["extract", str(corpus), "--store", str(plain), "--features", "vggish",
+                 "--random-weights", "--no-progress"]) == 3
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"vidfeat: error: {plain}: is a file, not a store directory; give a directory (created "
+        "if missing) for the store")
+
+
 def test_features_aligned_on_one_time_grid(store: Path) -> None:
     features = vidfeat.open_store(str(store))
     aligned = features.aligned("talk", ["resnet152", "c3d", "vggish"], grid=1.0)

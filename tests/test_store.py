@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -338,6 +339,28 @@ def test_migrate_current_and_older_stores(filled):
         open_store(filled)
     with pytest.raises(StoreError, match="no migration from schema 0"):
         migrate(filled)
+
+
+@pytest.mark.parametrize("command", ["verify", "migrate"])
+def test_store_commands_on_a_merged_file_say_it_is_one(filled, tmp_path, capsys, command):
+    from vidfeat.cli import main
+
+    merged = merge(filled, tmp_path / "m1.h5")
+    assert main([command, str(merged)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"vidfeat: error: {merged}: is a merged single-file store (vidfeat "
+                          "merge), not a store directory; this needs a store directory")
+
+
+def test_a_file_is_not_taken_for_a_store_directory(tmp_path):
+    plain = tmp_path / "afile"
+    plain.write_text("")
+    for action in (create_store, verify, migrate):
+        with pytest.raises(StoreError, match=f"^{re.escape(str(plain))}: is a file, not a store "
+                                             "directory; "):
+            action(plain)
+    assert plain.read_text() == ""
 
 
 def test_shard_of_a_newer_schema_is_not_indexed(store):

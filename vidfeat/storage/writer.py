@@ -31,6 +31,7 @@ import numpy as np
 from vidfeat import __version__
 from vidfeat.errors import StoreError, StoreFullError
 from vidfeat.storage.schema import (
+    MERGED_FORMAT,
     SCHEMA_VERSION,
     SHARD_DIR,
     SHARD_FORMAT,
@@ -49,8 +50,25 @@ HDF5_LIBVER = "v108"
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
+def file_not_store(path: Path, needs: str) -> StoreError:
+    """The error for a store path that is a file: a merged store (``vidfeat merge``) is one,
+    and "Not a directory: 'm.h5/vidfeat-store.json'" would not tell its user why."""
+    try:
+        with h5py.File(path, "r", locking=False) as h5:
+            merged = python_value(h5.attrs.get("format")) == MERGED_FORMAT
+    except OSError:
+        merged = False  # not HDF5: a plain file
+    if merged:
+        return StoreError(f"{path}: is a merged single-file store (vidfeat merge), not a store "
+                          f"directory; {needs} (a merged store is read-only: inspect, export "
+                          "and open_store read it)")
+    return StoreError(f"{path}: is a file, not a store directory; {needs}")
+
+
 def read_marker(directory: str | Path) -> dict[str, Any]:
     """The store's marker (``vidfeat-store.json``); StoreError if the directory is no store."""
+    if Path(directory).is_file():
+        raise file_not_store(Path(directory), "this needs a store directory")
     marker = Path(directory) / STORE_MARKER
     try:
         content = json.loads(marker.read_text())
@@ -95,6 +113,8 @@ def write_marker(directory: Path, schema_version: int) -> None:
 def create_store(directory: str | Path) -> Path:
     """Create a store at ``directory`` (or accept an existing one of this schema)."""
     directory = Path(directory)
+    if directory.is_file():
+        raise file_not_store(directory, "give a directory (created if missing) for the store")
     if (directory / STORE_MARKER).exists():
         require_store(directory)
     with disk_full_as_store_error(directory, "creating the store"):
