@@ -248,3 +248,16 @@ def test_several_decode_threads_give_the_rows_of_one(videos: dict[str, Path],
         np.testing.assert_array_equal(rows[3][key][1], times)
         np.testing.assert_allclose(rows[3][key][0], data, rtol=1e-4,
                                    atol=1e-4 * np.abs(data).max())
+
+
+def test_a_task_of_one_unit_gives_its_decoder_every_decoder_thread(videos: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    # a long video's segment is a task of its own: one decode thread, which must not get a
+    # quarter of the threads because four were allowed
+    engine = Engine(_pool("resnet152"), batch_size=4, dtype="float32", decoder_threads=8,
+                    decode_threads=4)
+    engine.run([_unit(videos["short0"], "resnet152")], str(create_store(tmp_path / "s")))
+    assert engine._threads_per_decoder == 8
+    engine.run([_unit(videos[f"short{i}"], "resnet152") for i in range(2)],
+               str(create_store(tmp_path / "t")))
+    assert engine._threads_per_decoder == 4

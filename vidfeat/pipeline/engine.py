@@ -106,6 +106,7 @@ class Engine:
         self.dtype = dtype
         self.decoder = decoder
         self.queue_items = queue_items
+        self._decoders = 1  # decode threads of the task running
 
     def run(self, units: list[WorkUnit], store: str) -> TaskReport:
         started = time.perf_counter()
@@ -129,9 +130,11 @@ class Engine:
         waiting: queue.SimpleQueue = queue.SimpleQueue()  # units no decoder has taken yet
         for state in states:
             waiting.put(state)
+        # a task of one unit (a long video's segment) decodes with all of the decoder threads
+        self._decoders = max(1, min(self.decode_threads, len(states)))
         decoders = [threading.Thread(target=self._decode_all, args=(waiting, messages),
                                      name=f"vidfeat-decode-{i}", daemon=True)
-                    for i in range(max(1, min(self.decode_threads, len(states))))]
+                    for i in range(self._decoders)]
         for decoder in decoders:
             decoder.start()
         batches: dict[str, list[tuple[_Unit, Item]]] = {}
@@ -234,7 +237,7 @@ class Engine:
     def _threads_per_decoder(self) -> int | None:
         if self.decoder_threads is None:
             return None
-        return max(1, self.decoder_threads // max(1, self.decode_threads))
+        return max(1, self.decoder_threads // self._decoders)
 
     def _decode_unit(self, state: _Unit, messages: queue.Queue) -> None:
         unit = state.unit
