@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.conftest import make_video
 from vidfeat.errors import StoreError, StoreFullError
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.inspect import summarize
@@ -198,6 +199,20 @@ def test_a_read_only_store_can_be_read_inspected_and_verified(read_only_view):
         assert result.returncode == 0, result.stderr
     with pytest.raises(StoreError):
         StoreIndex(view, readonly=True).add_shard("shards/s0.h5")
+
+
+def test_writing_to_a_read_only_store_is_one_line_naming_it(read_only_view, tmp_path: Path):
+    _, view = read_only_view
+    video = make_video(tmp_path / "v.mp4", seconds=1.0)
+    for command in (["extract", str(video), "--store", str(view), "--features", "vggish",
+                     "--random-weights", "--workers", "1", "--no-progress"],
+                    ["verify", str(view), "--repair"]):
+        result = _cli(*command)
+        lines = [line for line in result.stderr.splitlines() if "error" in line]
+        assert result.returncode == 3, result.stderr
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"vidfeat: error: {view}: read-only (a read-only mount")
+        assert "Reading it works" in lines[0]
 
 
 def test_a_read_only_store_with_an_unmerged_log_reads_every_shard(read_only_view):

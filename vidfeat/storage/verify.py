@@ -17,7 +17,13 @@ import numpy as np
 from vidfeat.errors import StoreError
 from vidfeat.storage.index import FeatureEntry, StoreIndex
 from vidfeat.storage.schema import INDEX_FILE, SHARD_DIR, SHARD_FORMAT, VIDEOS_GROUP
-from vidfeat.storage.writer import TEMP_SUFFIX, check_schema_version, python_value, require_store
+from vidfeat.storage.writer import (
+    TEMP_SUFFIX,
+    check_schema_version,
+    python_value,
+    require_store,
+    require_writable,
+)
 
 UNREPAIRABLE = "data damage: re-extract the video; --repair cannot fix this"
 
@@ -34,6 +40,8 @@ class _Stored:
 def verify(directory: str | Path, repair: bool = False) -> list[str]:
     """Problems found in the store at ``directory``, one line each; empty when all is well."""
     directory = require_store(directory)
+    if repair:
+        require_writable(directory, "verify --repair")
     if not repair and not (directory / INDEX_FILE).exists():
         return [f"{INDEX_FILE} is missing: run `vidfeat verify {directory} --repair`"]
     index = StoreIndex(directory, readonly=not repair)

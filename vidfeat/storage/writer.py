@@ -110,11 +110,22 @@ def write_marker(directory: Path, schema_version: int) -> None:
     _replace_atomically(directory / STORE_MARKER, json.dumps(marker, indent=2).encode() + b"\n")
 
 
+def require_writable(directory: Path, needs: str) -> None:
+    """StoreError in one line when the store directory cannot be written (a read-only mount,
+    no permission), before anything tries to, rather than the first write's errno."""
+    for place in (directory, directory / SHARD_DIR):
+        if place.is_dir() and not os.access(place, os.W_OK):
+            raise StoreError(f"{directory}: read-only (a read-only mount or no write "
+                             f"permission on {place.name}/); {needs} writes to it. Reading "
+                             f"it works: inspect, verify, export, open_store")
+
+
 def create_store(directory: str | Path) -> Path:
     """Create a store at ``directory`` (or accept an existing one of this schema)."""
     directory = Path(directory)
     if directory.is_file():
         raise file_not_store(directory, "give a directory (created if missing) for the store")
+    require_writable(directory, "extracting")
     if (directory / STORE_MARKER).exists():
         require_store(directory)
     with disk_full_as_store_error(directory, "creating the store"):
