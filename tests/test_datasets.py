@@ -339,3 +339,32 @@ def test_a_feature_with_no_rows_counts_as_missing(tmp_path: Path) -> None:
     assert export_per_video(store, out, ["resnet152"]) == 1
     assert GroundingDataset(store, [Moment("short", 0.0, 1.0, "a")], Vocabulary([]),
                             feature="vggish").moments == []
+
+
+def test_a_charades_moment_starting_after_the_video_end_is_dropped_as_2dtan_does(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Charades-STA's durations come from the store: 2D-TAN's charades.py clips the end to the
+    duration, then keeps start < end. Kept, the moment had span (1.25, 1.0) and an all-zero map
+    target."""
+    store = create_store(tmp_path / "store")
+    rows = np.arange(8, dtype=np.float32).reshape(4, 2)
+    spans = np.array([[0.0, 0.5], [0.5, 1.0], [1.0, 1.5], [1.5, 2.0]])
+    record = VideoRecord("v", {"duration": 2.0}, [
+        FeatureRecord("c3d", "ok", data=rows, times=spans)])
+    StoreIndex(store).add_shard(write_shard(store, "v", [record], dtype="float32"))
+    annotations = tmp_path / "charades_sta_train.txt"
+    annotations.write_text("v 2.5 6.0##after the end.\nv 2.0 3.0##at the end.\n"
+                           "v 1.0 6.0##over the end.\n")
+    with caplog.at_level(logging.WARNING, logger="vidfeat.datasets"):
+        data = GroundingDataset(store, load_moments(annotations), Vocabulary([]),
+                                num_segments=4, source=str(annotations))
+    assert [(m.start, m.end) for _, m in data.moments] == [(1.0, 6.0)]
+    assert data[0]["span"].tolist() == [0.5, 1.0]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "2 moments start at or after their video's end" in warnings[0]
+
+
+def test_a_missing_class_list_is_a_value_error_naming_it(tmp_path: Path) -> None:
+    """`train tagging --classes MISSING` was exit 3 with a bare '[Errno 2] ...'."""
+    with pytest.raises(ValueError, match=r"nope.txt: cannot read the class list"):
+        load_classes(tmp_path / "nope.txt")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from vidfeat.errors import StoreError
-from vidfeat.storage.export import export_npy, export_paddle
+from vidfeat.storage.export import export_hdf5, export_npy, export_paddle
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.inspect import summarize
 from vidfeat.storage.merge import merge
@@ -387,6 +387,16 @@ def test_export_npy_round_trip(filled, tmp_path):
             assert np.load(folder / f"{video_id}_fps.npy") == 25.0
     assert count == 3 * 4  # 4 (video, feature) pairs, 3 files each
     assert sorted(p.name for p in (tmp_path / "npy").iterdir()) == ["resnet152", "vggish"]
+
+
+def test_export_hdf5_creates_its_folder_as_the_other_exports_do(filled, tmp_path):
+    """Was an h5py 'unable to synchronously create file' naming the temporary file."""
+    out = tmp_path / "new" / "folder" / "resnet152_features.hdf5"
+    assert export_hdf5(filled, out, ["resnet152"]) == 3
+    reader = open_store(filled)
+    with h5py.File(out, "r") as h5:
+        assert np.array_equal(h5["v1"][:], reader.get("v1", "resnet152"))
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
 
 
 def test_export_paddle_round_trip_and_missing_audio(filled, tmp_path):

@@ -280,3 +280,17 @@ def test_train_rejects_bad_settings_in_one_line(corpus: TrainingCorpus, tmp_path
                  "--annotations", str(corpus.annotation("tags_val.txt"))])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "missing.pt" in err and len(err.splitlines()) == 1
+
+
+def test_eval_of_a_file_that_is_no_checkpoint_says_so_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """torch.load's UnpicklingError (a paragraph about weights_only, naming no file) and an
+    empty file's EOFError were exit 3 "unexpected errors"."""
+    labels = tmp_path / "tags_val.txt"
+    labels.write_text("v1.mp4\ttitle\tcat\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for name in (labels, tmp_path / "empty.pt"):
+        code = main(["eval", str(name), "--store", str(tmp_path), "--annotations", str(labels)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"{name}: not a vidfeat trainer checkpoint" in err and "weights_only" not in err

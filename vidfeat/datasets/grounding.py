@@ -18,6 +18,7 @@ TALL's inputs are ``tall_windows``: sliding windows with their left and right co
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from vidfeat.datasets.common import (
 )
 from vidfeat.datasets.text import Vocabulary
 from vidfeat.storage.reader import FeatureStore
+
+log = logging.getLogger(__name__)
 
 NUM_SEGMENTS = 128
 
@@ -152,14 +155,27 @@ class GroundingDataset(Dataset):
         self.map_size = num_segments // target_stride
         have = videos_with(self.store, feature)
         self.moments: list[tuple[str, Moment]] = []
-        unknown = []
+        unknown, past_end = [], []
         for moment in moments:
             video_id = video_id_of(moment.video, have)
             if video_id is None:
                 unknown.append(moment.video)
-            else:
+                continue
+            # 2D-TAN's charades.py clips the end to the duration, then keeps start < end: a
+            # moment starting at or after the video's end (Charades-STA's durations come from
+            # the store, unknown when the file was read) has no span to learn or score
+            duration = (moment.duration if moment.duration is not None
+                        else self._store_duration(video_id))
+            if max(moment.start, 0.0) < min(moment.end, duration):
                 self.moments.append((video_id, moment))
+            else:
+                past_end.append(f"{moment.video} {moment.start:g}-{moment.end:g}s "
+                                f"(duration {duration:g}s)")
         report_unknown(unknown, self.store, source)
+        if past_end:
+            log.warning("%s: %d moments start at or after their video's end; skipped (%s)",
+                        source, len(past_end),
+                        "; ".join(past_end[:3]) + ("; ..." if len(past_end) > 3 else ""))
 
     def __len__(self) -> int:
         return len(self.moments)
@@ -168,6 +184,10 @@ class GroundingDataset(Dataset):
         video_id, moment = self.moments[index]
         if moment.duration is not None:
             return moment.duration
+        return self._store_duration(video_id)
+
+    def _store_duration(self, video_id: str) -> float:
+        """The video's duration attribute, else the end of its last feature row."""
         duration = self.store.attrs(video_id).get("duration")
         if isinstance(duration, (int, float)) and duration > 0:
             return float(duration)

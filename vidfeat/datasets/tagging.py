@@ -62,8 +62,12 @@ def load_tags(path: str | Path) -> list[TaggedVideo]:
 def load_classes(path: str | Path) -> list[str]:
     """Class names in index order: line i is class i, unless a second column gives the index."""
     path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot read the class list: {error}") from error
     indexed = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf8").splitlines()):
+    for number, line in enumerate(lines):
         fields = line.strip().split("\t")
         try:
             indexed[int(fields[1]) if len(fields) == 2 else number] = fields[0]

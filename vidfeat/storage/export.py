@@ -255,6 +255,7 @@ def export_hdf5(store_or_path: FeatureStore | str | Path, out_file: str | Path,
     written = 0
     with using_store(store_or_path) as store:
         check_features(store, features)
+        out_file.parent.mkdir(parents=True, exist_ok=True)  # as the other exports do
         try:
             with h5py.File(temp, "w", libver="v108") as h5:
                 for video_id, rows in _concatenated(store, features):

@@ -8,6 +8,7 @@ video of an annotation file.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -66,8 +67,13 @@ def evaluate(checkpoint: str | Path, store: Any, annotations: str | Path, split:
     try:
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
         task = saved["task"]
-    except (OSError, RuntimeError, KeyError, TypeError) as error:
-        raise ValueError(f"{checkpoint}: not a vidfeat trainer checkpoint: {error}") from error
+    except (OSError, RuntimeError, KeyError, TypeError, EOFError,
+            pickle.UnpicklingError) as error:
+        # torch's UnpicklingError is a paragraph about weights_only that names no file
+        reason = ("empty or truncated" if isinstance(error, EOFError) else
+                  "torch.load cannot read it" if isinstance(error, pickle.UnpicklingError)
+                  else error)
+        raise ValueError(f"{checkpoint}: not a vidfeat trainer checkpoint: {reason}") from error
     names = None if split == "all" else saved["split"][split]
     return TASKS[task].evaluate(saved, store, Path(annotations), names, options,
                                 resolve_device(options.device))
