@@ -28,7 +28,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made = {"cfr": root / "cfr.mp4", "vfr": root / "vfr.mp4", "concat": root / "concat.mkv",
             "rotated": root / "rotated.mp4", "webm": root / "clip.webm",
             "edit_list": root / "edit_list.mp4", "open_gop": root / "open_gop.mp4",
-            "ts": root / "mpegts.ts"}
+            "ts": root / "mpegts.ts", "opus_mkv": root / "opus.mkv", "mpeg_ps": root / "mpeg2.mpg"}
     # keyframes every 5 frames with B-frames: windows start between keyframes
     ffmpeg(*lavfi, "testsrc2=size=96x72:rate=8", "-t", "3", *h264, "-g", "5", str(made["cfr"]))
     # 20 frames at 0.05 s, then 0.1 s apart up to 3 s
@@ -49,6 +49,13 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
            "-x264-params", "open-gop=1:keyint=8:min-keyint=8:scenecut=0", str(made["open_gop"]))
     # timestamps from 1.4 s; a seek to the first frame lands on the second keyframe
     ffmpeg(*lavfi, "testsrc2=size=96x72:rate=8", "-t", "3", *h264, "-g", "10", str(made["ts"]))
+    # Opus in Matroska: FFmpeg 5.1 (a system ffprobe) puts the container's start at the codec
+    # delay (-0.007 s), PyAV's FFmpeg at 0: frame times and frame_times must use one clock
+    ffmpeg(*lavfi, "testsrc2=size=96x72:rate=25", *lavfi, "sine=sample_rate=48000", "-t", "2",
+           *h264, "-c:a", "libopus", str(made["opus_mkv"]))
+    # MPEG-2 in an MPEG program stream (timestamps from 0.5 s): decord returns it one GOP late
+    ffmpeg(*lavfi, "testsrc2=size=96x72:rate=25", "-t", "2", "-c:v", "mpeg2video",
+           str(made["mpeg_ps"]))
     return made
 
 
@@ -64,11 +71,13 @@ def _decode(path: Path, decoder: str, **window: float) -> tuple[np.ndarray, np.n
 # decoder drops) and in MPEG-TS, and cannot open a variable-frame-rate MKV ("broken metadata");
 # torchcodec stops in an MPEG-TS with B-frames.
 REFUSED = {("decord", "edit_list"): "edit list", ("decord", "concat"): "broken metadata",
-           ("decord", "ts"): "MPEG-TS", ("torchcodec", "ts"): "Requested next frame"}
+           ("decord", "ts"): "MPEG-TS", ("torchcodec", "ts"): "Requested next frame",
+           ("decord", "mpeg_ps"): "MPEG program stream",
+           ("torchcodec", "mpeg_ps"): "Requested next frame"}
 
 
 @pytest.mark.parametrize("name", ["cfr", "vfr", "concat", "webm", "edit_list", "open_gop",
-                                  "ts"])
+                                  "ts", "opus_mkv", "mpeg_ps"])
 def test_frame_times_are_the_decoded_times_without_decoding(videos: dict, name: str) -> None:
     decoded, _, _ = _decode(videos[name], "pyav")
     np.testing.assert_array_equal(frame_times(videos[name]), decoded)
@@ -81,7 +90,7 @@ def test_frame_times_are_the_decoded_times_without_decoding(videos: dict, name: 
 
 @pytest.mark.parametrize("decoder", [d for d in DECODERS if d != "pyav"])
 @pytest.mark.parametrize("name", ["cfr", "vfr", "concat", "rotated", "webm", "edit_list",
-                                  "open_gop", "ts"])
+                                  "open_gop", "ts", "opus_mkv", "mpeg_ps"])
 def test_backends_give_pyavs_frames_at_the_same_times(videos: dict, decoder: str,
                                                       name: str) -> None:
     pytest.importorskip(decoder)
@@ -98,7 +107,8 @@ def test_backends_give_pyavs_frames_at_the_same_times(videos: dict, decoder: str
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
-@pytest.mark.parametrize("name", ["cfr", "vfr", "concat", "rotated", "webm", "open_gop", "ts"])
+@pytest.mark.parametrize("name", ["cfr", "vfr", "concat", "rotated", "webm", "open_gop", "ts",
+                                  "opus_mkv"])
 def test_windows_stitch_into_the_unsplit_decode(videos: dict, decoder: str, name: str) -> None:
     pytest.importorskip({"pyav": "av"}.get(decoder, decoder))
     if (decoder, name) in REFUSED:

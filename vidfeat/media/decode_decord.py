@@ -4,8 +4,8 @@ decord rebases its float32 timestamps on the stream start, so frame times come f
 demux (``timeline.packet_times``), matched to decord's index and checked against its
 timestamps. decord indexes every packet, also those the container marks as discarded (frames an
 MP4 edit list hides), while its decoder drops them: its frames then shift against its index and
-it pads the end with copies of the last frame, so such files are refused, as is MPEG-TS,
-whose frames it returns shifted. decord turns rotated
+it pads the end with copies of the last frame, so such files are refused, as are MPEG-TS and
+MPEG program streams (.mpg), whose frames it returns shifted. decord turns rotated
 videos upright itself, but for 90/270 degrees its 0.6.0 wheel can report a wrong channel count
 for the rotated frame; the rows are then read from the buffer as laid out.
 """
@@ -41,6 +41,10 @@ def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
         raise DecodeError(f"{info.path}: decord 0.6.0 returns shifted frames for MPEG-TS "
                           f"(measured: 23 of 24 frames wrong, H.264 with B-frames); decode it "
                           f"with --decoder pyav")
+    if "mpeg" in packets.container.split(","):
+        raise DecodeError(f"{info.path}: decord 0.6.0 returns shifted frames for an MPEG program "
+                          f"stream (measured: MPEG-2 video one GOP late, the end padded with "
+                          f"copies of the last frame); decode it with --decoder pyav")
     try:
         reader = decord.VideoReader(info.path, ctx=decord.cpu(0), num_threads=threads or 0)
     except decord.DECORDError as error:
