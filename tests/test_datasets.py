@@ -141,6 +141,19 @@ def test_videos_missing_from_the_store_are_reported_once_and_skipped(
     assert len(data) == 18 and "video404" not in data.references
 
 
+def test_a_video_whose_feature_did_not_extract_is_reported_with_why(
+        corpus: TrainingCorpus, caplog: pytest.LogCaptureFixture) -> None:
+    # "quiet" is in the store, but has no audio: its vggish was skipped, not lost
+    captions = {"video0": [SOURCES["testsrc2"]], "quiet": ["silence"]}
+    with caplog.at_level(logging.WARNING, logger="vidfeat.datasets"):
+        data = CaptioningDataset(corpus.store, captions, Vocabulary([]), feature="vggish",
+                                 source="caps.json")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["caps.json: 1 have no usable vggish rows (quiet: skipped (no audio "
+                        "stream)); skipped"]
+    assert [video for video, _ in data.items] == ["video0"]
+
+
 # -- grounding -------------------------------------------------------------------------------
 
 def published_average_to_fixed_length(visual_input: torch.Tensor,

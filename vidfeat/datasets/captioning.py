@@ -98,7 +98,7 @@ class CaptioningDataset(Dataset):
                 unknown.append(name)
             elif sentences:
                 self.references.setdefault(video_id, []).extend(sentences)
-        report_unknown(unknown, self.store, source)
+        report_unknown(unknown, self.store, source, feature)
         self.items = [(v, i) for v, refs in self.references.items()
                       for i in (range(1) if one_per_video else range(len(refs)))]
 

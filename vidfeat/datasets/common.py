@@ -44,13 +44,30 @@ def video_id_of(name: str, known: set[str]) -> str | None:
     return None
 
 
-def report_unknown(names: Iterable[str], store: FeatureStore, source: str | Path) -> None:
-    """One warning with the count of annotated videos the store lacks (they are skipped)."""
+def report_unknown(names: Iterable[str], store: FeatureStore, source: str | Path,
+                   feature: str) -> None:
+    """One warning for the annotated videos without usable ``feature`` rows (they are
+    skipped): those the store lacks, and those whose feature failed, was skipped or is absent,
+    with why (a researcher then knows to rerun the extraction, not to look for files)."""
     missing = sorted(set(names))
-    if missing:
-        examples = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-        log.warning("%s: %d annotated videos are not in %s (%s); skipped", source, len(missing),
-                    store.path, examples)
+    if not missing:
+        return
+    entries = {e.video_id: e for e in store.entries()}
+    recorded = {e.video_id: e for e in store.entries() if e.feature == feature}
+    unusable = {name: video_id_of(name, set(entries)) for name in missing}
+    absent = [name for name, video_id in unusable.items() if video_id is None]
+    parts = [f"{len(absent)} annotated videos are not in {store.path} ({_examples(absent)})"
+             ] if absent else []
+    why = [f"{name}: {recorded[video_id].status} ({recorded[video_id].reason or 'no rows'})"
+           if video_id in recorded else f"{name}: not extracted"
+           for name, video_id in unusable.items() if video_id is not None]
+    if why:
+        parts.append(f"{len(why)} have no usable {feature} rows ({_examples(why)})")
+    log.warning("%s: %s; skipped", source, "; ".join(parts))
+
+
+def _examples(items: list[str]) -> str:
+    return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
 
 
 def videos_with(store: FeatureStore, feature: str) -> set[str]:
@@ -142,7 +159,7 @@ def seeded_split_in_store(names: Iterable[str], store: FeatureStore | str | Path
     have = videos_with(store, feature)
     names = set(names)
     usable = {name for name in names if video_id_of(name, have) is not None}
-    report_unknown(names - usable, store, source)
+    report_unknown(names - usable, store, source, feature)
     return seeded_split(usable, val_fraction, seed)
 
 

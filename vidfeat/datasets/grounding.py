@@ -171,7 +171,7 @@ class GroundingDataset(Dataset):
             else:
                 past_end.append(f"{moment.video} {moment.start:g}-{moment.end:g}s "
                                 f"(duration {duration:g}s)")
-        report_unknown(unknown, self.store, source)
+        report_unknown(unknown, self.store, source, feature)
         if past_end:
             log.warning("%s: %d moments start at or after their video's end; skipped (%s)",
                         source, len(past_end),

@@ -107,7 +107,7 @@ class TaggingDataset(Dataset):
                 unknown.append(video.video)
             elif labels:
                 self.videos.append((video_id, labels))
-        report_unknown(unknown, self.store, source)
+        report_unknown(unknown, self.store, source, image)
 
     def __len__(self) -> int:
         return len(self.videos)
