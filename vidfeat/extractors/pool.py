@@ -60,32 +60,32 @@ class ExtractorSpec:
         extractor.precision = self.precision
         return extractor
 
-    def weights_sha256(self, extractor: Extractor) -> str:
-        """The sha256 the loaded weights will have, computed without loading them."""
-        if self.random_weights:
-            return "random"
+    def _weights_path(self, extractor: Extractor) -> Path:
+        """The file the workers will load: the user's, or the registry's in the cache."""
         if self.weights_file:
             path = Path(self.weights_file)
             if not path.is_file():
                 raise ConfigError(f"{path}: no such weights file for {self.name}")
-            return sha256_file(path)
-        weights_dir = Path(self.weights_dir) if self.weights_dir else None
-        path = locate(extractor.weights_name, weights_dir)
-        return verify(spec(extractor.weights_name), path)
+            return path
+        return locate(extractor.weights_name,
+                      Path(self.weights_dir) if self.weights_dir else None)
 
     def describe(self) -> Extractor:
-        """An unloaded extractor whose ``config_hash()`` is the one the loaded one will have.
-        A user's weights file is checked for the right keys here, before any worker starts."""
+        """An unloaded extractor whose ``config_hash()`` is the one the loaded one will have
+        (its ``weights_sha256`` computed without loading them). The weights file, the user's
+        or a cached one, is checked for the model's keys here, before any worker starts: a
+        cached file can be pinned yet not this model's (imported by mistake), and each worker
+        would fail every video with it."""
         extractor = self.build()
-        extractor.weights_sha256 = self.weights_sha256(extractor)
-        if not self.random_weights:
-            # a cached file can be pinned yet not this model's (imported by mistake): each
-            # worker would fail every video with it, so the driver checks it first
-            path = Path(self.weights_file) if self.weights_file else locate(
-                extractor.weights_name, Path(self.weights_dir) if self.weights_dir else None)
-            with torch.device("meta"):  # shapes only: no memory, no initialisation
-                model = extractor.build_model()
-            check_keys(read_state_dict(path, mmap=True), model, self.name, str(path))
+        if self.random_weights:
+            extractor.weights_sha256 = "random"
+            return extractor
+        path = self._weights_path(extractor)
+        extractor.weights_sha256 = (sha256_file(path) if self.weights_file
+                                    else verify(spec(extractor.weights_name), path))
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = extractor.build_model()
+        check_keys(read_state_dict(path, mmap=True), model, self.name, str(path))
         return extractor
 
     def load(self, device: torch.device) -> Extractor:
