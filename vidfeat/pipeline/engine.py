@@ -106,7 +106,9 @@ class Engine:
         self.dtype = dtype
         self.decoder = decoder
         self.queue_items = queue_items
-        self._decoders = 1  # decode threads of the task running
+        #: FFmpeg threads of each decoder in the task running: the worker's, shared among the
+        #: decode threads the task starts (a task of one segment gets them all)
+        self._threads_per_decoder = decoder_threads
 
     def run(self, units: list[WorkUnit], store: str) -> TaskReport:
         started = time.perf_counter()
@@ -130,11 +132,12 @@ class Engine:
         waiting: queue.SimpleQueue = queue.SimpleQueue()  # units no decoder has taken yet
         for state in states:
             waiting.put(state)
-        # a task of one unit (a long video's segment) decodes with all of the decoder threads
-        self._decoders = max(1, min(self.decode_threads, len(states)))
+        count = max(1, min(self.decode_threads, len(states)))
+        if self.decoder_threads is not None:
+            self._threads_per_decoder = max(1, self.decoder_threads // count)
         decoders = [threading.Thread(target=self._decode_all, args=(waiting, messages),
                                      name=f"vidfeat-decode-{i}", daemon=True)
-                    for i in range(self._decoders)]
+                    for i in range(count)]
         for decoder in decoders:
             decoder.start()
         batches: dict[str, list[tuple[_Unit, Item]]] = {}
@@ -233,12 +236,6 @@ class Engine:
         finally:
             messages.put(None)
 
-    @property
-    def _threads_per_decoder(self) -> int | None:
-        if self.decoder_threads is None:
-            return None
-        return max(1, self.decoder_threads // self._decoders)
-
     def _decode_unit(self, state: _Unit, messages: queue.Queue) -> None:
         unit = state.unit
         live = {name: f for name, f in state.features.items() if f.failure is None}
@@ -264,9 +261,7 @@ class Engine:
     def _decode_visual(self, state: _Unit, info: MediaInfo, live: dict[str, _Feature],
                        messages: queue.Queue) -> None:
         segment = state.unit.segment
-        # the first segment starts where the video does: its sampler's first target is 0 s
-        # (taken by the first frame even when that shows later), as in an unsplit run
-        start = segment.start_time if segment and segment.index else None
+        start = segment.seek_time if segment else None
         stop = segment.stop_time if segment else math.inf
         samplers = {name: f.extractor.sampler(info, start_time=start) for name, f in live.items()}
         takes_frames = {name: f.extractor.modality == "frames" for name, f in live.items()}
@@ -354,9 +349,7 @@ def _frames(info: MediaInfo, segment: Segment | None, decoder: str, threads: int
     if segment is None:
         return iter_frames(info, decoder=decoder, threads=threads, device=device)
     stop = None if math.isinf(segment.decode_stop_time) else segment.decode_stop_time
-    # the first segment is decoded from the file's start: no seek to land wrong (MPEG-TS's can)
-    start = segment.start_time if segment.index else None
-    return iter_frames(info, decoder=decoder, threads=threads, start_time=start,
+    return iter_frames(info, decoder=decoder, threads=threads, start_time=segment.seek_time,
                        stop_time=stop, first_index=segment.start_frame, device=device)
 
 

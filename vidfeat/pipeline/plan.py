@@ -40,6 +40,14 @@ class Segment:
     def is_last(self) -> bool:
         return self.index == self.count - 1
 
+    @property
+    def seek_time(self) -> float | None:
+        """Where its decoder seeks and its sampler's targets start; None for the first
+        segment, which starts with the video: decoded from the file's start (no seek to land
+        wrong, as MPEG-TS's can) and sampled from 0 s, where an unsplit run's first target is
+        (taken by the first frame even when that shows later)."""
+        return self.start_time if self.index else None
+
 
 @dataclass(frozen=True)
 class WorkUnit:
