@@ -24,6 +24,12 @@ from vidfeat.media.timeline import PacketTimes, packet_times
 
 ERRORS = (decord.DECORDError,)
 _TIMESTAMP_TOLERANCE = 2e-3  # decord keeps float32 seconds
+#: containers (FFmpeg demuxer names) whose frames decord returns shifted, with what was measured
+_SHIFTED = {
+    "mpegts": "MPEG-TS (measured: 23 of 24 frames wrong, H.264 with B-frames)",
+    "mpeg": "an MPEG program stream (measured: MPEG-2 video one GOP late, the end padded with "
+            "copies of the last frame)",
+}
 
 
 def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
@@ -37,14 +43,10 @@ def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
         raise DecodeError(f"{info.path}: decord 0.6.0 returns wrong frames for a video whose "
                           f"container hides {packets.hidden.sum()} frames (edit list or "
                           f"discarded packets); decode it with --decoder pyav")
-    if "mpegts" in packets.container.split(","):
-        raise DecodeError(f"{info.path}: decord 0.6.0 returns shifted frames for MPEG-TS "
-                          f"(measured: 23 of 24 frames wrong, H.264 with B-frames); decode it "
-                          f"with --decoder pyav")
-    if "mpeg" in packets.container.split(","):
-        raise DecodeError(f"{info.path}: decord 0.6.0 returns shifted frames for an MPEG program "
-                          f"stream (measured: MPEG-2 video one GOP late, the end padded with "
-                          f"copies of the last frame); decode it with --decoder pyav")
+    for demuxer in packets.container.split(","):
+        if demuxer in _SHIFTED:
+            raise DecodeError(f"{info.path}: decord 0.6.0 returns shifted frames for "
+                              f"{_SHIFTED[demuxer]}; decode it with --decoder pyav")
     try:
         reader = decord.VideoReader(info.path, ctx=decord.cpu(0), num_threads=threads or 0)
     except decord.DECORDError as error:

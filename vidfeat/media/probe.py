@@ -10,6 +10,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from vidfeat.errors import DecodeError
+from vidfeat.media.timeline import starts
 from vidfeat.media.tools import executable
 
 #: seconds an ffprobe may take before its file is failed: reading a container's header takes
@@ -92,28 +93,6 @@ def count_frames(path: str | Path) -> int:
     return int(streams[0].get("nb_read_packets", 0))
 
 
-def _decoder_starts(path: Path) -> tuple[float | None, float | None]:
-    """The container's start time and its first audio stream's, in seconds, as PyAV reads
-    them. PyAV's bundled FFmpeg decodes every frame and packet, and ``Frame.time`` and
-    ``frame_times`` count from its container start; the system's ffprobe may be an older FFmpeg
-    that places the start elsewhere (5.1 puts an Opus-in-Matroska file's start at its codec
-    delay, -0.007 s, where 8.x puts it at 0), which would shift frame times against the segment
-    boundaries by that much. None where PyAV cannot say."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            start = (container.start_time / av.time_base
-                     if container.start_time is not None else None)
-            audio = container.streams.audio[0] if container.streams.audio else None
-            audio_start = (float(audio.start_time * audio.time_base)
-                           if audio is not None and audio.start_time is not None
-                           and audio.time_base else None)
-    except (av.FFmpegError, OSError):
-        return None, None
-    return start, audio_start
-
-
 def probe(path: str | Path) -> MediaInfo:
     """Probe ``path`` with ffprobe; raise DecodeError naming the file if it has neither a video
     nor an audio stream. An audio-only file has ``has_video=False`` and zero video fields."""
@@ -132,11 +111,14 @@ def probe(path: str | Path) -> MediaInfo:
     container = data.get("format", {})
     start = _float(container.get("start_time"))
     audio_offset = _float((audio or {}).get("start_time"), start) - start
-    decoder_start, decoder_audio_start = _decoder_starts(path)
-    if decoder_start is not None:  # the decoder's clock, not an older ffprobe's
+    # the decoder's clock (PyAV's FFmpeg), not an older ffprobe's, where PyAV opens the file
+    try:
+        start, decoder_audio_start = starts(path)
+    except DecodeError:
+        pass
+    else:
         if decoder_audio_start is not None:
-            audio_offset = decoder_audio_start - decoder_start
-        start = decoder_start
+            audio_offset = decoder_audio_start - start
     duration = (_float(container.get("duration")) or _float(video.get("duration"))
                 or _float((audio or {}).get("duration")))
     fps = _ratio(video.get("avg_frame_rate")) or _ratio(video.get("r_frame_rate"))

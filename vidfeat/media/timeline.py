@@ -42,6 +42,19 @@ def _origin(container: av.container.InputContainer) -> float:
     return container.start_time / av.time_base if container.start_time is not None else 0.0
 
 
+def starts(path: str | Path) -> tuple[float, float | None]:
+    """The container's start and its first audio stream's, in seconds, as PyAV reads them:
+    the origin of ``Frame.time`` and ``frame_times`` (an older FFmpeg, such as the system's
+    ffprobe 5.1, can place it elsewhere: an Opus-in-Matroska file's at -0.007 s, where PyAV's
+    8.x puts it at 0). The audio start is None where the stream gives none."""
+    with _open(path) as container:
+        audio = container.streams.audio[0] if container.streams.audio else None
+        audio_start = (float(audio.start_time * audio.time_base)
+                       if audio is not None and audio.start_time is not None
+                       and audio.time_base else None)
+        return _origin(container), audio_start
+
+
 def packet_times(path: str | Path) -> PacketTimes:
     """Presentation times of all video packets, discarded ones marked ``hidden``."""
     with _open(path) as container:
