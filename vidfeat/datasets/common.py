@@ -52,9 +52,10 @@ def report_unknown(names: Iterable[str], store: FeatureStore, source: str | Path
     missing = sorted(set(names))
     if not missing:
         return
-    entries = {e.video_id: e for e in store.entries()}
-    recorded = {e.video_id: e for e in store.entries() if e.feature == feature}
-    unusable = {name: video_id_of(name, set(entries)) for name in missing}
+    entries = store.entries()
+    in_store = {e.video_id for e in entries}
+    recorded = {e.video_id: e for e in entries if e.feature == feature}
+    unusable = {name: video_id_of(name, in_store) for name in missing}
     absent = [name for name, video_id in unusable.items() if video_id is None]
     parts = [f"{len(absent)} annotated videos are not in {store.path} ({_examples(absent)})"
              ] if absent else []
