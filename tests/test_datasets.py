@@ -342,7 +342,7 @@ def test_a_feature_with_no_rows_counts_as_missing(tmp_path: Path) -> None:
         FeatureRecord("resnet152", "ok", data=frames, times=spans),
         FeatureRecord("vggish", "ok", data=np.zeros((0, 3), np.float32),
                       times=np.zeros((0, 2)))])
-    StoreIndex(store).add_shard(write_shard(store, "short", [record], dtype="float32"))
+    StoreIndex(store).add([write_shard(store, "short", [record], dtype="float32")])
     item = CaptioningDataset(store, {"short": ["a b"]}, Vocabulary([]), fuse=("vggish",),
                              frames=None)[0]
     assert item["features"].tolist() == [[0, 1, 2, 3, 0, 0, 0], [4, 5, 6, 7, 0, 0, 0]]
@@ -364,7 +364,7 @@ def test_a_charades_moment_starting_after_the_video_end_is_dropped_as_2dtan_does
     spans = np.array([[0.0, 0.5], [0.5, 1.0], [1.0, 1.5], [1.5, 2.0]])
     record = VideoRecord("v", {"duration": 2.0}, [
         FeatureRecord("c3d", "ok", data=rows, times=spans)])
-    StoreIndex(store).add_shard(write_shard(store, "v", [record], dtype="float32"))
+    StoreIndex(store).add([write_shard(store, "v", [record], dtype="float32")])
     annotations = tmp_path / "charades_sta_train.txt"
     annotations.write_text("v 2.5 6.0##after the end.\nv 2.0 3.0##at the end.\n"
                            "v 1.0 6.0##over the end.\n")

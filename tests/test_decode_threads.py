@@ -132,7 +132,7 @@ def _run(pool: ExtractorPool, units: list[WorkUnit], store: Path, threads: int,
     report = _within_deadline(lambda: Engine(
         pool, batch_size=engine.pop("batch_size", 3), dtype="float32",
         decoder_threads=DECODER_THREADS, decode_threads=threads, **engine).run(units, str(store)))
-    StoreIndex(store).add_unindexed()
+    StoreIndex(store).recover()
     assert not _no_decode_thread_left(before), "decode threads outlived their task"
     return report
 
@@ -250,7 +250,7 @@ def test_a_segment_that_fails_to_decode_fails_the_whole_video(
     assert (outcome.status, outcome.rows) == ("failed", 0), outcome
     assert outcome.reason.startswith(f"segment {first_failed + 1}/{len(units)}: {path}: "
                                      f"decode stopped"), outcome.reason
-    StoreIndex(store).add_unindexed()
+    StoreIndex(store).recover()
     with open_store(store) as opened:
         assert [(v, f, s) for v, f, s, _ in opened.failures()] == [("long", VISUAL, "failed")]
     assert not _ok_keys(store)  # no rows with a hole

@@ -137,7 +137,7 @@ def test_batches_across_videos_equal_one_video_at_a_time(videos: dict[str, Path]
     for store in (together, alone):
         from vidfeat.storage.index import StoreIndex
 
-        StoreIndex(store).add_unindexed()
+        StoreIndex(store).recover()
     for path in shorts:
         for feature in ("resnet152", "c3d"):
             data, times = _rows(together, path.stem, feature)
@@ -175,7 +175,7 @@ def _visual_rows(pool: ExtractorPool, paths: list[Path], store: Path, decoder: s
         [WorkUnit(VideoSource(p.stem, str(p)), "visual", tuple(pool.specs), f"xx/{p.stem}",
                   probe(p)) for p in paths], str(store))
     assert {o.status for o in report.outcomes} == {"ok"}, report.outcomes
-    StoreIndex(store).add_unindexed()
+    StoreIndex(store).recover()
     return {(p.stem, name): _rows(store, p.stem, name) for p in paths for name in pool.specs}
 
 
@@ -241,7 +241,7 @@ def test_several_decode_threads_give_the_rows_of_one(videos: dict[str, Path],
         assert len(report.shards) == len(paths)
         from vidfeat.storage.index import StoreIndex
 
-        StoreIndex(store).add_unindexed()
+        StoreIndex(store).recover()
         rows[threads] = {(p.stem, n): _rows(store, p.stem, n) for p in paths
                          for n in ("resnet152", "c3d")}
     for key, (data, times) in rows[1].items():

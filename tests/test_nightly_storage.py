@@ -4,6 +4,7 @@ reports and the failure ledger; extract flags refused before a store is created.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -23,7 +24,7 @@ from vidfeat.errors import StoreError, StoreFullError
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.inspect import summarize
 from vidfeat.storage.merge import merge
-from vidfeat.storage.reader import MERGED_INDEX_DATASET, open_store
+from vidfeat.storage.reader import open_store
 from vidfeat.storage.runs import RUNS_DIR, build_report, read_reports, write_report
 from vidfeat.storage.schema import FeatureRecord, Outcome, VideoRecord
 from vidfeat.storage.verify import verify
@@ -40,9 +41,9 @@ def _video(video_id: str, rows: int = 4, dim: int = 8, seed: int = 0) -> VideoRe
 
 
 def _indexed(store: Path, name: str, videos: list[VideoRecord]) -> str:
-    relpath = write_shard(store, name, videos, dtype="float32")
-    StoreIndex(store).add_shard(relpath)
-    return relpath
+    shard = write_shard(store, name, videos, dtype="float32")
+    StoreIndex(store).add([shard])
+    return shard.relpath
 
 
 def _leftovers(store: Path) -> list[str]:
@@ -120,16 +121,16 @@ def test_indexing_on_a_full_disk_rolls_back_and_says_why(small_disk: Path):
     before = index.entries()
     ballast = _fill(small_disk)
     with pytest.raises(StoreFullError, match="database or disk is full|No space left") as caught:
-        index.add_shard(pending)
+        index.add([pending])
     assert str(store) in str(caught.value) and "\n" not in str(caught.value)
-    assert index.entries() == before and pending not in index.shards()
+    assert index.entries() == before and pending.relpath not in index.shards()
     with pytest.raises(StoreFullError):
         write_shard(store, "more", [_video("more")])
     assert _leftovers(small_disk) == []
     index.close()
 
     ballast.unlink()  # space freed: the next run indexes what was written, and goes on
-    assert StoreIndex(store).add_unindexed() == [pending]
+    assert StoreIndex(store).recover() == [pending.relpath]
     assert verify(store) == []
     _indexed(store, "after", [_video("after")])
     assert verify(store) == [] and len(open_store(store).videos()) == 402
@@ -144,18 +145,18 @@ def test_a_full_index_rolls_back_without_root(tmp_path: Path):
     pages = index._db().execute("PRAGMA page_count").fetchone()[0]
     index._db().execute(f"PRAGMA max_page_count = {pages + 1}")
     with pytest.raises(StoreFullError, match="database or disk is full") as caught:
-        index.add_shard(pending)
+        index.add([pending])
     assert str(store) in str(caught.value) and "\n" not in str(caught.value)
     assert [e.video_id for e in index.entries()] == ["a"]
     index.close()
-    assert StoreIndex(store).add_unindexed() == [pending]
+    assert StoreIndex(store).recover() == [pending.relpath]
     assert verify(store) == []
 
 
 def _write_and_die(store: str) -> None:
     """A writer that indexes a shard and dies without closing: its changes stay in the WAL."""
     index = StoreIndex(store)
-    index.add_shard(write_shard(store, "late", [_video("late")]))
+    index.add([write_shard(store, "late", [_video("late")])])
     os._exit(0)
 
 
@@ -227,10 +228,25 @@ def test_a_read_only_store_with_an_unmerged_log_reads_every_shard(read_only_view
     assert verify(view) == []
 
 
-def test_merged_index_rows_are_read_by_field_name(tmp_path: Path):
+MERGED_INDEX_DATASET = "index"
+
+
+def _as_schema_1_merged_file(merged: Path) -> None:
+    """A merged file as vidfeat wrote it at schema 1: the index as one JSON document."""
+    with open_store(merged) as reader:
+        index = {"videos": {v: reader.attrs(v) for v in reader.videos()},
+                 "entries": [dataclasses.asdict(e) for e in reader.entries()]}
+    with h5py.File(merged, "r+") as h5:
+        del h5[MERGED_INDEX_DATASET]
+        h5[MERGED_INDEX_DATASET] = np.frombuffer(json.dumps(index).encode(), np.uint8)
+        h5.attrs["schema_version"] = 1
+
+
+def test_schema_1_merged_index_rows_are_read_by_field_name(tmp_path: Path):
     store = create_store(tmp_path / "store")
     _indexed(store, "s", [_video("a"), _video("b", seed=1)])
     merged = merge(store, tmp_path / "merged.h5")
+    _as_schema_1_merged_file(merged)
 
     def rewrite_index(change) -> None:
         with h5py.File(merged, "r+") as h5:

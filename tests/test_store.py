@@ -23,7 +23,7 @@ from vidfeat.storage.merge import merge
 from vidfeat.storage.migrate import migrate
 from vidfeat.storage.plot import plot_video
 from vidfeat.storage.reader import open_store
-from vidfeat.storage.schema import STORE_MARKER, FeatureRecord, VideoRecord
+from vidfeat.storage.schema import SCHEMA_VERSION, STORE_MARKER, FeatureRecord, VideoRecord
 from vidfeat.storage.verify import verify
 from vidfeat.storage.writer import create_store, write_shard
 
@@ -50,9 +50,9 @@ def video(video_id: str, *features: FeatureRecord, **attrs: object) -> VideoReco
 
 def indexed(store: os.PathLike, shard_name: str, videos: list[VideoRecord],
             dtype: str = "float16") -> str:
-    relpath = write_shard(store, shard_name, videos, dtype=dtype)
-    StoreIndex(store).add_shard(relpath)
-    return relpath
+    shard = write_shard(store, shard_name, videos, dtype=dtype)
+    StoreIndex(store).add([shard])
+    return shard.relpath
 
 
 def features(rows: int, dim: int, seed: int) -> np.ndarray:
@@ -154,17 +154,17 @@ def test_newest_shard_wins_whatever_the_indexing_order(store):
     older = write_shard(store, "old", [video("v", ok("x", old), ok("y", old), extra="kept")])
     newer = write_shard(store, "new", [VideoRecord("v", {"fingerprint": "fp-2"}, [ok("x", new)])])
     index = StoreIndex(store)
-    index.add_shard(newer)
-    index.add_shard(older)  # arrives late: must not replace the newer rows
+    index.add([newer])
+    index.add([older])  # arrives late: must not replace the newer rows
     entries = index.video_features("v")
-    assert entries["x"].shard == newer and entries["x"].rows == 5
-    assert entries["y"].shard == older
+    assert entries["x"].shard == newer.relpath and entries["x"].rows == 5
+    assert entries["y"].shard == older.relpath
     record = index.video("v")
     assert record["fingerprint"] == "fp-2" and record["attrs"]["extra"] == "kept"
     with open_store(store) as reader:
         np.testing.assert_allclose(reader.get("v", "x"), new, **FLOAT16_TOLERANCE)
     assert index.rebuild() == []
-    assert index.video_features("v")["x"].shard == newer
+    assert index.video_features("v")["x"].shard == newer.relpath
 
 
 def test_rewritten_shard_replaces_its_rows(store):
@@ -178,10 +178,10 @@ def test_rewritten_shard_replaces_its_rows(store):
 def _write_shards(store: str, worker: int) -> None:
     index = StoreIndex(store)
     for k in range(4):
-        relpath = write_shard(store, f"w{worker}/s{k}",
+        shard = write_shard(store, f"w{worker}/s{k}",
                               [video(f"w{worker}-{k}", ok("x", features(3, 8, worker * 10 + k))),
                                video("shared", ok("x", features(2, 8, worker)))])
-        index.add_shard(relpath)
+        index.add([shard])
 
 
 def test_concurrent_writers_and_indexers(store):
@@ -325,7 +325,7 @@ def _set_schema(store, version: int) -> None:
 
 
 def test_newer_schema_is_refused_everywhere(filled):
-    _set_schema(filled, 2)
+    _set_schema(filled, SCHEMA_VERSION + 1)
     for action in (open_store, create_store, verify, migrate, lambda s: merge(s, s / "m.h5"),
                    lambda s: write_shard(s, "x", [])):
         with pytest.raises(StoreError, match="newer vidfeat"):
@@ -333,7 +333,7 @@ def test_newer_schema_is_refused_everywhere(filled):
 
 
 def test_migrate_current_and_older_stores(filled):
-    assert "already at schema 1" in migrate(filled)
+    assert f"already at schema {SCHEMA_VERSION}" in migrate(filled)
     _set_schema(filled, 0)
     with pytest.raises(StoreError, match="vidfeat migrate"):
         open_store(filled)
@@ -364,9 +364,9 @@ def test_a_file_is_not_taken_for_a_store_directory(tmp_path):
 
 
 def test_shard_of_a_newer_schema_is_not_indexed(store):
-    relpath = write_shard(store, "future", [video("v", ok("x", features(2, 2, 0)))])
+    relpath = write_shard(store, "future", [video("v", ok("x", features(2, 2, 0)))]).relpath
     with h5py.File(store / relpath, "r+") as h5:
-        h5.attrs["schema_version"] = 2
+        h5.attrs["schema_version"] = SCHEMA_VERSION + 1
     with pytest.raises(StoreError, match="newer vidfeat"):
         StoreIndex(store).add_shard(relpath)
 

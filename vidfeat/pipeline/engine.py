@@ -6,7 +6,8 @@ samplers and put the preprocessed items on a bounded queue;
 the calling thread drains it into fixed-size batches per extractor, filled from several units,
 and embeds each batch while the decoder prepares the next (PyAV and torch release the GIL).
 Rows go back to their unit; a unit is finished when its decode ended and its last item was
-embedded: a whole video is then written as its shard, a segment is returned for stitching.
+embedded: a whole video then joins the task's pack, written as one shard when the task ends
+(or when its rows pass PACK_BYTES); a segment is returned for stitching.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from vidfeat.media.audio import iter_audio
 from vidfeat.pipeline.corpus import fingerprint
 from vidfeat.pipeline.plan import Segment, WorkUnit
 from vidfeat.pipeline.records import failed_record, feature_attrs, reason_of
-from vidfeat.storage.schema import FeatureRecord, Outcome, VideoRecord
+from vidfeat.storage.schema import FeatureRecord, Outcome, ShardContents, VideoRecord
 from vidfeat.storage.writer import write_shard
 
 # PTS * time_base is inexact in binary: times this close are the same instant
 _SAME_INSTANT = 1e-6
+#: a pack's rows in memory before it is written out (short videos never reach it)
+PACK_BYTES = 256 << 20
 
 
 @dataclass
@@ -53,10 +56,11 @@ class SegmentPart:
 
 @dataclass
 class TaskReport:
-    """What a task returns to the driver: outcomes and shard paths, never rows."""
+    """What a task returns to the driver: outcomes and the index rows of the shards it wrote
+    (which the driver indexes without opening them), never feature rows."""
 
     outcomes: list[Outcome] = field(default_factory=list)
-    shards: list[str] = field(default_factory=list)
+    shards: list[ShardContents] = field(default_factory=list)
     parts: list[SegmentPart] = field(default_factory=list)
     frames: int = 0
     seconds: float = 0.0
@@ -113,6 +117,7 @@ class Engine:
     def run(self, units: list[WorkUnit], store: str) -> TaskReport:
         started = time.perf_counter()
         report = TaskReport()
+        pack = _Pack(store, self.dtype, report)
         states: list[_Unit] = []
         for unit in units:
             features = {}
@@ -157,7 +162,7 @@ class Engine:
                     if len(batch) >= sizes[name]:
                         self._embed(name, batch)
                         batch.clear()
-                self._finish_done(states, store, report)
+                self._finish_done(states, pack, report)
         except BaseException:
             # the task breaks (a shard that cannot be written, a full store): the decoders
             # take no more units, and the queue is drained until each has ended, so that none
@@ -176,7 +181,8 @@ class Engine:
         for name, batch in batches.items():
             if batch:
                 self._embed(name, batch)
-        self._finish_done(states, store, report)
+        self._finish_done(states, pack, report)
+        pack.write()
         report.seconds = time.perf_counter() - started
         return report
 
@@ -201,12 +207,12 @@ class Engine:
                 feature.rows.append(row)
                 feature.spans.append((item.start, item.end))
 
-    def _finish_done(self, states: list[_Unit], store: str, report: TaskReport) -> None:
+    def _finish_done(self, states: list[_Unit], pack: _Pack, report: TaskReport) -> None:
         for state in [s for s in states if s.done]:
             states.remove(state)
-            self._finish(state, store, report)
+            self._finish(state, pack, report)
 
-    def _finish(self, state: _Unit, store: str, report: TaskReport) -> None:
+    def _finish(self, state: _Unit, pack: _Pack, report: TaskReport) -> None:
         unit = state.unit
         decoded_by = (self.decoder, state.decode_device) if unit.kind == "visual" else None
         records = [_record(feature, unit, decoded_by) for feature in state.features.values()]
@@ -217,10 +223,7 @@ class Engine:
             report.parts.append(SegmentPart(unit, state.attrs, records, state.frames, seconds,
                                             model_seconds, state.end))
             return
-        shard = write_shard(store, unit.shard_name,
-                            [VideoRecord(unit.video.video_id, state.attrs, records)],
-                            dtype=self.dtype)
-        report.shards.append(shard)
+        pack.add(VideoRecord(unit.video.video_id, state.attrs, records))
         report.outcomes += outcomes(unit, records, model_seconds)
 
     # ---- decode side (the decode threads) ------------------------------------------------
@@ -340,6 +343,34 @@ class Engine:
         for item in items:
             if item.start < stop - _SAME_INSTANT:  # later items belong to the next segment
                 messages.put((state, name, item))
+
+
+class _Pack:
+    """The finished videos of a task, written together as one shard. A video's visual and
+    audio units may both be in the task: their records join one video."""
+
+    def __init__(self, store: str, dtype: str, report: TaskReport) -> None:
+        self.store, self.dtype, self.report = store, dtype, report
+        self.videos: dict[str, VideoRecord] = {}
+        self.bytes = 0
+
+    def add(self, video: VideoRecord) -> None:
+        held = self.videos.get(video.video_id)
+        if held is None:
+            self.videos[video.video_id] = video
+        else:
+            held.attrs.update(video.attrs)
+            held.features += video.features
+        self.bytes += sum(record.data.nbytes for record in video.features
+                          if record.data is not None)
+        if self.bytes > PACK_BYTES:
+            self.write()
+
+    def write(self) -> None:
+        if self.videos:
+            self.report.shards.append(write_shard(self.store, None, list(self.videos.values()),
+                                                  dtype=self.dtype))
+        self.videos, self.bytes = {}, 0
 
 
 def _frames(info: MediaInfo, segment: Segment | None, decoder: str, threads: int | None,

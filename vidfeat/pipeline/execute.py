@@ -20,11 +20,11 @@ from vidfeat.extractors._api import get_extractor
 from vidfeat.pipeline.corpus import VideoSource
 from vidfeat.pipeline.engine import TaskReport, video_attrs
 from vidfeat.pipeline.plan import Task, WorkUnit, pack, segments, task_seconds
-from vidfeat.pipeline.prepare import PreparedRun, RunOptions, RunReport, shard_name
+from vidfeat.pipeline.prepare import PreparedRun, RunOptions, RunReport, unit_key
 from vidfeat.pipeline.records import reason_of
 from vidfeat.pipeline.worker import extractor_plugin
 from vidfeat.storage.index import StoreIndex
-from vidfeat.storage.schema import FeatureRecord, Outcome, VideoRecord
+from vidfeat.storage.schema import FeatureRecord, Outcome, ShardContents, VideoRecord
 from vidfeat.storage.writer import write_shard
 
 #: how often the driver looks at Ctrl-C and at tasks running past --task-timeout
@@ -109,13 +109,14 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
     register_plugin(client, extractor_plugin(plugin_name, run.specs, run.options.device,
                                               slots_by_host), plugin_name)
     full: StoreFullError | None = None
-    indexed = set(index.shards())
+    indexed: set[str] = set()
     try:
-        for rejected in run.rejected:
-            video = VideoSource(rejected.video_id, rejected.path)
-            shard, failures = _failure(video, list(run.specs), rejected.reason, run)
-            index.add_shard(shard)
-            indexed.add(shard)
+        rejected = [(VideoSource(r.video_id, r.path), list(run.specs), r.reason)
+                    for r in run.rejected]
+        if rejected:
+            shard, failures = _failures(rejected, run)
+            index.add([shard])
+            indexed.add(shard.relpath)
             report.add(failures)
         with tqdm(total=len(run.todo), unit="video", disable=not run.options.progress,
                   smoothing=0) as bar:
@@ -125,11 +126,10 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
                 if isinstance(result, StoreFullError):
                     full, _ = full or result, stop.set()
                     continue
-                if full is None:
+                if full is None and result.shards:
                     try:
-                        for shard in result.shards:
-                            index.add_shard(shard)
-                            indexed.add(shard)
+                        index.add(result.shards)  # one transaction for the task's shards
+                        indexed.update(shard.relpath for shard in result.shards)
                     except StoreFullError as error:
                         full, _ = error, stop.set()
                 report.add(result.outcomes, result.frames)
@@ -165,11 +165,12 @@ def register_plugin(client: Any, plugin: object, name: str, tries: int = 3) -> N
 
 
 def _remove_unindexed(index: StoreIndex, indexed: set[str]) -> None:
-    """After a full disk: the shards this run wrote but could not index are removed (the
-    rerun extracts them again), so that the store verifies. The index itself may not even
-    open on a full disk (SQLite's shared memory file), hence ``indexed``, kept by the driver;
-    under the run lock, and with the tasks in flight drained, no one else writes shards."""
-    for relpath in sorted(set(index.shard_files()) - indexed):
+    """After a full disk: the shards this run wrote (the journal's) but could not index are
+    removed (the rerun extracts them again), so that the store verifies. The index itself
+    may not even open on a full disk (SQLite's shared memory file), hence ``indexed``, kept
+    by the driver; under the run lock, and with the tasks in flight drained, no one else
+    writes shards."""
+    for relpath in sorted(set(index.journalled()) - indexed):
         (index.directory / relpath).unlink(missing_ok=True)
         log.debug("removed %s: written, but the full disk kept it out of the index", relpath)
 
@@ -216,24 +217,27 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
     seconds = task_seconds(total, slots, run.options.segment_seconds)
     long_videos = []
     alignment = _clip_alignment(run)
+    unreadable = []
     for (video, names), (info, attrs, error) in zip(run.todo, probed, strict=True):
         if info is None:
-            failure = _failure(video, names, error, run)
-            index.add_shard(failure[0])
-            report.add(failure[1])
-            progress.record(failure[1])
+            unreadable.append((video, names, error))
             continue
         for kind in ("visual", "audio"):
             features = tuple(n for n in names if (modality[n] == "audio") == (kind == "audio"))
             if not features:
                 continue
             unit = WorkUnit(video, kind, features,  # type: ignore[arg-type]
-                            shard_name(video.video_id, kind, [run.hashes[n] for n in features]),
+                            unit_key(video.video_id, kind, [run.hashes[n] for n in features]),
                             info, attrs=attrs)
             if kind == "visual" and info.has_video and info.duration > 1.5 * seconds:
                 long_videos.append(unit)
             else:
                 units.append(unit)
+    if unreadable:
+        shard, failures = _failures(unreadable, run)
+        index.add([shard])
+        report.add(failures)
+        progress.record(failures)
     times = _planning_results(client, client.map(_frame_times, [u.video.path for u in long_videos],
                                                  pure=False), stop, task_timeout)
     if stop.is_set():
@@ -304,19 +308,21 @@ def _clip_alignment(run: PreparedRun) -> tuple[int, int]:
     return align, longest
 
 
-def _failure(video: VideoSource, names: list[str], reason: str, run: PreparedRun
-             ) -> tuple[str, list[Outcome]]:
-    """A video whose task never reported, or that cannot be probed, still leaves its failure
-    in the store."""
-    records = [FeatureRecord(name, "failed", reason=reason) for name in names]
-    attrs = {"source_path": video.path, "video_id": video.video_id}
-    kinds = sorted({"audio" if get_extractor(n).modality == "audio" else "visual"
-                    for n in names})
-    shard = write_shard(run.store, shard_name(video.video_id, "+".join(kinds),
-                                               [run.hashes[n] for n in names]),
-                        [VideoRecord(video.video_id, attrs, records)], dtype=run.options.dtype)
-    return shard, [Outcome(video.video_id, r.feature, "failed", reason, source_path=video.path)
-                   for r in records]
+def _failures(failed: list[tuple[VideoSource, list[str], str]], run: PreparedRun
+              ) -> tuple[ShardContents, list[Outcome]]:
+    """Videos whose task never reported, or that cannot be probed or read, still leave their
+    failures in the store: (video, features, reason) each, written as one pack."""
+    videos: dict[str, VideoRecord] = {}
+    outcomes = []
+    for video, names, reason in failed:
+        records = [FeatureRecord(name, "failed", reason=reason) for name in names]
+        held = videos.setdefault(video.video_id, VideoRecord(
+            video.video_id, {"source_path": video.path, "video_id": video.video_id}, []))
+        held.features += records
+        outcomes += [Outcome(video.video_id, name, "failed", reason, source_path=video.path)
+                     for name in names]
+    shard = write_shard(run.store, None, list(videos.values()), dtype=run.options.dtype)
+    return shard, outcomes
 
 
 def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]],
@@ -334,7 +340,7 @@ def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]]
     modality = {name: get_extractor(name).modality for name in run.specs}
     queue = list(reversed(tasks))
     in_flight: dict[Any, list[WorkUnit]] = {}
-    segments_done: dict[str, list[Any]] = {}  # shard name -> finished segment futures
+    segments_done: dict[str, list[Any]] = {}  # unit key -> finished segment futures
     broken: set[str] = set()
     stitches: set[Any] = set()
     watch = _TaskWatch(client, task_timeout)
@@ -380,7 +386,7 @@ def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]]
                 reason = f"task died: {type(error).__name__}: {error}".splitlines()[0]
                 yield _died_or_full(units, reason, run, broken)
             elif segment is not None and future not in stitches:
-                name = units[0].shard_name
+                name = units[0].key
                 if name not in broken:
                     finished = segments_done.setdefault(name, [])
                     finished.append(future)
@@ -439,14 +445,16 @@ def _died_or_full(units: list[WorkUnit], reason: str, run: PreparedRun, broken: 
 def _died(units: list[WorkUnit], reason: str, run: PreparedRun, broken: set[str]
           ) -> TaskReport:
     report = TaskReport()
+    failed = []
     for unit in units:
-        if unit.shard_name in broken:
+        if unit.key in broken:
             continue
         if unit.segment is not None:
-            broken.add(unit.shard_name)
-        shard, failures = _failure(unit.video, list(unit.features), reason, run)
+            broken.add(unit.key)
+        failed.append((unit.video, list(unit.features), reason))
+    if failed:
+        shard, report.outcomes = _failures(failed, run)
         report.shards.append(shard)
-        report.outcomes += failures
     return report
 
 

@@ -54,7 +54,8 @@ class WorkUnit:
     video: VideoSource
     kind: UnitKind
     features: tuple[str, ...]
-    shard_name: str
+    #: the unit's identity (video, kind, configuration): a split video's segments share it
+    key: str
     info: MediaInfo
     segment: Segment | None = None
     #: the video's store attributes (probe facts, fingerprint, size, mtime), computed once per

@@ -24,8 +24,8 @@ from vidfeat.media import check_decoder
 from vidfeat.pipeline.corpus import Rejected, VideoSource, fingerprint, scan
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.lock import StoreLock
-from vidfeat.storage.schema import SHARD_DIR, Outcome
-from vidfeat.storage.writer import TEMP_SUFFIX, create_store
+from vidfeat.storage.schema import Outcome
+from vidfeat.storage.writer import create_store
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_BROKEN = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
@@ -196,11 +196,9 @@ def _specs(options: RunOptions) -> dict[str, ExtractorSpec]:
     return specs
 
 
-def shard_name(video_id: str, kind: str, config_hashes: list[str]) -> str:
-    # a short fan-out directory keeps any one directory small on a large corpus
-    bucket = hashlib.sha1(video_id.encode()).hexdigest()[:2]
+def unit_key(video_id: str, kind: str, config_hashes: list[str]) -> str:
     combined = hashlib.sha256("".join(config_hashes).encode()).hexdigest()[:10]
-    return f"{bucket}/{video_id}.{kind}.{combined}"
+    return f"{video_id}.{kind}.{combined}"
 
 
 def _features_to_extract(video: VideoSource, index: StoreIndex, hashes: dict[str, str]
@@ -247,10 +245,9 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
     if held is not None:
         held.acquire()
     try:
-        if held is not None:  # a killed worker's; the lock says no run is writing
-            remove_temporary_files(store)
         index = StoreIndex(store)
-        index.add_unindexed()  # a killed driver's finished work is not done again
+        if held is not None:  # the lock says no run is writing: a killed run's shards are
+            index.recover()   # indexed (its finished work is not done again), temps removed
     except BaseException:
         if held is not None:
             held.release()
@@ -294,11 +291,3 @@ def _failed_features(video: VideoSource, index: StoreIndex, hashes: dict[str, st
                      ) -> list[str]:
     present = index.video_features(video.video_id)
     return [name for name in hashes if name in present and present[name].status == "failed"]
-
-
-def remove_temporary_files(store: Path) -> None:
-    for temp in (store / SHARD_DIR).rglob(f"*{TEMP_SUFFIX}"):
-        temp.unlink(missing_ok=True)
-
-
-# ---- tasks run on workers ------------------------------------------------------------------

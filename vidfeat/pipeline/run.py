@@ -30,7 +30,6 @@ from vidfeat.pipeline.prepare import (
     RunOptions,
     RunReport,
     prepare_run,
-    remove_temporary_files,
 )
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.runs import build_report, write_report
@@ -72,14 +71,13 @@ def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
             register_plugin(client, _ignore_interrupts_plugin(), "vidfeat-ignore-interrupts")
             report = execute(run, client, stop=stop, task_timeout=options.task_timeout)
         if report.interrupted:
-            StoreIndex(run.store).add_unindexed()  # a task finishing as the cluster closed
+            StoreIndex(run.store).recover()  # a task finishing as the cluster closed
         record(report.exit_code, report.interrupted)
         return report
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):
             # the workers are gone: a shard they finished is indexed, one half written removed
-            remove_temporary_files(run.store)
-            StoreIndex(run.store).add_unindexed()
+            StoreIndex(run.store).recover()
             record(EXIT_INTERRUPTED, interrupted=True)
         raise
     except BaseException:

@@ -60,7 +60,7 @@ def stitch_and_write(parts: list[SegmentPart], modality: dict[str, str], store: 
                      dtype: str) -> TaskReport:
     video = stitch(parts, modality)
     unit = parts[0].unit
-    shard = write_shard(store, unit.shard_name, [video], dtype=dtype)
+    shard = write_shard(store, None, [video], dtype=dtype)
     model_seconds: dict[str, float] = {}
     for part in parts:
         for name, seconds in part.model_seconds.items():

@@ -59,9 +59,9 @@ import h5py
 import numpy as np
 
 from vidfeat.errors import ConfigError
-from vidfeat.storage.index import FeatureEntry
+from vidfeat.storage.files import TEMP_SUFFIX
 from vidfeat.storage.reader import FeatureStore, _resample, using_store
-from vidfeat.storage.writer import TEMP_SUFFIX
+from vidfeat.storage.schema import FeatureEntry
 
 log = logging.getLogger(__name__)
 

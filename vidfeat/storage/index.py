@@ -5,9 +5,14 @@ rebuilt from ``shards/``. SQLite in WAL mode lets many processes read while one 
 writers serialise through ``BEGIN IMMEDIATE`` transactions. WAL needs shared memory, so the
 processes that update the index must run on one host (shards themselves may come from any).
 
+The index grows from the rows each writer returns (``add``: one transaction for a task's
+shards, no shard opened again). A run finds shards written but never indexed (its driver was
+killed) in the store's journal (``recover``); only ``rebuild`` walks ``shards/``.
+
 For each (video, feature) the row from the shard with the highest ``written_at`` wins. A
 video's attributes are merged key by key, each key from the newest shard that has it, so a
-small failure-only shard does not erase the fingerprint an earlier shard recorded.
+small failure-only shard does not erase the fingerprint an earlier shard recorded. A shard
+left without a winning row (all its videos extracted again into newer packs) is deleted.
 
 Readers open the index read-only (``readonly=True``), so a store on a read-only mount can be
 read: SQLite's ``mode=ro`` where it can keep its shared memory, else ``immutable=1`` when the
@@ -21,22 +26,25 @@ import logging
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, fields
 from pathlib import Path
 from typing import Any
 
 import h5py
 
 from vidfeat.errors import StoreError, StoreFullError
-from vidfeat.storage.schema import INDEX_FILE, SHARD_DIR, SHARD_FORMAT, VIDEOS_GROUP
-from vidfeat.storage.writer import (
-    TEMP_SUFFIX,
-    check_schema_version,
-    disk_full_as_store_error,
-    python_value,
-    read_attrs,
+from vidfeat.storage.attrs import json_default, python_value
+from vidfeat.storage.files import TEMP_SUFFIX, disk_full_as_store_error
+from vidfeat.storage.layout import read_contents
+from vidfeat.storage.schema import (
+    INDEX_FILE,
+    JOURNAL_DIR,
+    SHARD_DIR,
+    SHARD_FORMAT,
+    FeatureEntry,
+    ShardContents,
 )
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,8 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_S = 120.0
 SQLITE_IOERR, SQLITE_FULL = 10, 13
 NEARLY_FULL_BYTES = 1 << 20
+#: SQLite's default limit on host parameters is 32766; a lookup of many ids goes in chunks
+IDS_PER_QUERY = 500
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS shards (
@@ -53,7 +63,8 @@ CREATE TABLE IF NOT EXISTS videos (
     video_id TEXT PRIMARY KEY, shard TEXT NOT NULL, written_at INTEGER NOT NULL,
     fingerprint TEXT, source_path TEXT,
     attrs TEXT NOT NULL,            -- JSON: the merged attributes
-    attrs_written_at TEXT NOT NULL  -- JSON: key -> [written_at, shard] of the value kept
+    attrs_written_at TEXT NOT NULL  -- JSON: key -> [written_at, shard] of the value kept,
+                                    -- '' when every key is from (written_at, shard)
 );
 CREATE TABLE IF NOT EXISTS features (
     video_id TEXT NOT NULL, feature TEXT NOT NULL, shard TEXT NOT NULL,
@@ -65,67 +76,24 @@ CREATE TABLE IF NOT EXISTS features (
 );
 CREATE INDEX IF NOT EXISTS features_by_shard ON features (shard);
 """
+ENTRY_COLUMNS = ", ".join(f.name for f in fields(FeatureEntry))
 
 
-@dataclass(frozen=True)
-class FeatureEntry:
-    """What the index knows about one (video, feature): where it is and what it holds."""
-
-    video_id: str
-    feature: str
-    shard: str
-    status: str
-    reason: str
-    config_hash: str
-    rows: int
-    dim: int
-    dtype: str
-    # a field added later needs a default, so merged files written before it still read
-    random_weights: bool = False
-    weights_sha256: str = ""
+def read_shard(directory: Path, relpath: str) -> ShardContents:
+    """A shard's index rows, read from the file; StoreError naming it if it cannot be."""
+    try:
+        with h5py.File(directory / relpath, "r", locking=False) as h5:
+            if python_value(h5.attrs.get("format")) != SHARD_FORMAT:
+                raise StoreError(f"{relpath}: not a vidfeat shard")
+            return read_contents(h5, relpath)
+    except StoreError:
+        raise
+    except (OSError, KeyError, RuntimeError, ValueError) as error:
+        raise StoreError(f"{relpath}: unreadable shard: {error}") from error
 
 
-@dataclass(frozen=True)
-class ShardContents:
-    """A shard's metadata, as read without touching its data."""
-
-    written_at: int
-    vidfeat_version: str
-    video_attrs: dict[str, dict[str, Any]]
-    entries: list[FeatureEntry]
-
-
-def read_shard_metadata(h5: h5py.File, relpath: str) -> ShardContents:
-    """Attributes and dataset shapes of an open shard (or merged file); no data is read."""
-    root = read_attrs(h5)
-    check_schema_version(int(root.get("schema_version", 0)), relpath)
-    video_attrs: dict[str, dict[str, Any]] = {}
-    entries = []
-    for video_id, video in h5[VIDEOS_GROUP].items():
-        video_attrs[video_id] = read_attrs(video)
-        for feature, group in video.items():
-            entries.append(_entry(video_id, feature, group, relpath))
-    return ShardContents(int(root.get("written_at", 0)), str(root.get("vidfeat_version", "")),
-                         video_attrs, entries)
-
-
-def _entry(video_id: str, feature: str, group: h5py.Group, shard: str) -> FeatureEntry:
-    attrs = group.attrs
-    data = group.get("data")
-    rows, dim = data.shape if data is not None and data.ndim == 2 else (0, 0)
-    return FeatureEntry(
-        video_id=video_id,
-        feature=feature,
-        shard=shard,
-        status=str(python_value(attrs.get("status", "failed"))),
-        reason=str(python_value(attrs.get("reason", ""))),
-        config_hash=str(python_value(attrs.get("config_hash", "")) or ""),
-        rows=int(rows),
-        dim=int(dim),
-        dtype=data.dtype.name if data is not None else "",
-        random_weights=bool(python_value(attrs.get("random_weights", False))),
-        weights_sha256=str(python_value(attrs.get("weights_sha256", "")) or ""),
-    )
+def _entry_from_row(row: tuple) -> FeatureEntry:
+    return FeatureEntry(*row[:-2], bool(row[-2]), row[-1])
 
 
 class StoreIndex:
@@ -181,7 +149,8 @@ class StoreIndex:
                     "reading the shards instead", self.directory)
         connection = self._connect(":memory:")
         connection.executescript(TABLES)
-        self._fill(connection, self._readable_shards()[0])
+        for contents in self._readable_shards()[0]:
+            self._insert(connection, contents)
         return connection
 
     @contextmanager
@@ -226,60 +195,112 @@ class StoreIndex:
             self._connection.close()
         self._connection = None
 
+    def add(self, shards: Iterable[ShardContents]) -> list[str]:
+        """Index ``shards`` (their writers' rows) in one transaction, keeping newer entries;
+        delete the shards left without a winning row. Returns the shards deleted."""
+        shards = list(shards)
+        with self._transaction(f"indexing {len(shards)} shards") as db:
+            superseded: set[str] = set()
+            for contents in shards:
+                self._forget_replaced_shard(db, contents)
+                superseded |= self._insert(db, contents)
+            dead = [shard for shard in sorted(superseded)
+                    if db.execute("SELECT 1 FROM features WHERE shard = ? LIMIT 1",
+                                  (shard,)).fetchone() is None
+                    and db.execute("SELECT 1 FROM videos WHERE shard = ? LIMIT 1",
+                                   (shard,)).fetchone() is None]
+            db.executemany("DELETE FROM shards WHERE path = ?", [(shard,) for shard in dead])
+        for shard in dead:  # after the commit: a crash in between leaves a file rebuild skips
+            (self.directory / shard).unlink(missing_ok=True)
+        return dead
+
     def add_shard(self, relpath: str) -> None:
-        """Index the shard at ``relpath`` (relative to the store), keeping newer entries."""
-        contents = self._read_shard(relpath)
-        with self._transaction(f"indexing {relpath}") as db:
-            self._forget_replaced_shard(db, relpath, contents)
-            self._insert(db, relpath, contents)
+        """Index the shard at ``relpath`` (relative to the store), read from its file."""
+        self.add([read_shard(self.directory, relpath)])
 
     def shard_files(self) -> list[str]:
-        """The complete shards on disk (temporary files left by a crash excluded)."""
+        """The complete shards on disk (temporary files left by a crash excluded): a walk of
+        ``shards/``, for ``rebuild`` and ``verify`` only."""
         return sorted(
             path.relative_to(self.directory).as_posix()
             for path in (self.directory / SHARD_DIR).rglob("*.h5")
             if not path.name.startswith(".") and not path.name.endswith(TEMP_SUFFIX)
         )
 
-    def add_unindexed(self) -> list[str]:
-        """Index the shards on disk that the index has not read (written by a run whose driver
-        died before indexing them); returns those it indexed. Unreadable ones are left to
-        `vidfeat verify`."""
-        added = []
-        for relpath in sorted(set(self.shard_files()) - set(self.shards())):
+    def journalled(self) -> list[str]:
+        """The shards the journal lists: those a writer started since the last ``recover``."""
+        listed: set[str] = set()
+        for path in self._journals():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    listed.add(json.loads(line))
+                except ValueError:
+                    continue  # the line a writer killed mid-append left
+        return sorted(listed)
+
+    def _journals(self) -> list[Path]:
+        journal = self.directory / JOURNAL_DIR
+        return sorted(journal.glob("*.log")) if journal.is_dir() else []
+
+    def recover(self) -> list[str]:
+        """Index the shards the journal lists that the index lacks (written by a run whose
+        driver died before indexing them), remove the temporary files of those never
+        finished, then empty the journal. Only while no one writes (under the run lock).
+        Returns the shards it indexed; unreadable ones are left to `vidfeat verify`."""
+        journals = self._journals()
+        listed = self.journalled()
+        known = self._known_shards(listed)
+        found = []
+        for relpath in listed:
+            path = self.directory / relpath
+            for temp in path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"):
+                temp.unlink(missing_ok=True)
+            if relpath in known or not path.is_file():
+                continue
             try:
-                self.add_shard(relpath)
-            except StoreFullError:
-                raise
+                found.append(read_shard(self.directory, relpath))
             except StoreError as error:
                 log.warning("%s", error)
-                continue
-            added.append(relpath)
-        return added
+        if found:
+            self.add(found)
+        for path in journals:
+            path.unlink(missing_ok=True)
+        return [contents.relpath for contents in found]
+
+    def _known_shards(self, relpaths: list[str]) -> set[str]:
+        known: set[str] = set()
+        for chunk in _chunks(relpaths):
+            known |= {path for (path,) in self._db().execute(
+                f"SELECT path FROM shards WHERE path IN ({_marks(chunk)})", chunk)}
+        return known
 
     def rebuild(self) -> list[str]:
-        """Index every shard again from scratch; returns the shards that could not be read."""
+        """Index every shard again from scratch (the tables are made anew, so an older
+        schema's index takes this one's); returns the shards that could not be read."""
         readable, unreadable = self._readable_shards()
         with self._transaction("rebuilding the index") as db:
             for table in ("shards", "videos", "features"):
-                db.execute(f"DELETE FROM {table}")
-            self._fill(db, readable)
+                db.execute(f"DROP TABLE IF EXISTS {table}")
+            for statement in TABLES.split(";"):  # executescript would commit first
+                if statement.strip():
+                    db.execute(statement)
+            for contents in readable:
+                self._insert(db, contents)
+        for path in self._journals():
+            path.unlink(missing_ok=True)
         return unreadable
 
-    def _readable_shards(self) -> tuple[list[tuple[str, ShardContents]], list[str]]:
+    def _readable_shards(self) -> tuple[list[ShardContents], list[str]]:
         readable, unreadable = [], []
         for relpath in self.shard_files():
             try:
-                readable.append((relpath, self._read_shard(relpath)))
+                readable.append(read_shard(self.directory, relpath))
             except StoreError as error:
                 log.warning("%s", error)
                 unreadable.append(relpath)
         return readable, unreadable
 
-    def _fill(self, db: sqlite3.Connection, shards: list[tuple[str, ShardContents]]) -> None:
-        for relpath, contents in shards:
-            self._insert(db, relpath, contents)
-
+    # ---- queries ------------------------------------------------------------------------
     def video(self, video_id: str) -> dict[str, Any] | None:
         """``{video_id, shard, fingerprint, source_path, attrs}`` or None if not indexed."""
         row = self._db().execute(
@@ -293,42 +314,48 @@ class StoreIndex:
                 "source_path": source_path, "attrs": json.loads(attrs)}
 
     def videos(self) -> dict[str, dict[str, Any]]:
-        """Every indexed video's attributes, by video id."""
-        rows = self._db().execute("SELECT video_id, attrs FROM videos").fetchall()
-        return {video_id: json.loads(attrs) for video_id, attrs in rows}
+        """Every indexed video's attributes, by video id (all in memory: see iter_videos)."""
+        return dict(self.iter_videos())
+
+    def iter_videos(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(video id, attributes) of every indexed video, in video id order, streamed."""
+        for video_id, attrs in self._db().execute(
+                "SELECT video_id, attrs FROM videos ORDER BY video_id"):
+            yield video_id, json.loads(attrs)
+
+    def ok_videos(self) -> list[str]:
+        """Videos with at least one feature that extracted successfully, sorted."""
+        return [video_id for (video_id,) in self._db().execute(
+            "SELECT DISTINCT video_id FROM features WHERE status = 'ok' ORDER BY video_id")]
 
     def entries(self) -> list[FeatureEntry]:
-        return self._entries("", ())
+        return list(self.iter_entries())
+
+    def iter_entries(self, where: str = "", parameters: tuple[Any, ...] = (),
+                     order: str = "video_id, feature") -> Iterator[FeatureEntry]:
+        """Index rows, streamed: ``where`` a SQL condition on the features table."""
+        rows = self._db().execute(
+            f"SELECT {ENTRY_COLUMNS} FROM features"
+            f"{' WHERE ' + where if where else ''} ORDER BY {order}", parameters)
+        for row in rows:
+            yield _entry_from_row(row)
 
     def video_features(self, video_id: str) -> dict[str, FeatureEntry]:
-        return {e.feature: e for e in self._entries(" WHERE video_id = ?", (video_id,))}
+        return {e.feature: e for e in self.iter_entries("video_id = ?", (video_id,))}
+
+    def rows_per_shard(self) -> dict[str, int]:
+        """How many index rows point into each shard."""
+        return dict(self._db().execute("SELECT shard, count(*) FROM features GROUP BY shard"))
 
     def shards(self) -> list[str]:
         """The shards the index has read, as paths relative to the store."""
         return [path for (path,) in self._db().execute("SELECT path FROM shards ORDER BY path")]
 
-    def _entries(self, where: str, parameters: tuple[str, ...]) -> list[FeatureEntry]:
-        columns = ", ".join(f.name for f in fields(FeatureEntry))
-        rows = self._db().execute(
-            f"SELECT {columns} FROM features{where} ORDER BY video_id, feature", parameters
-        )
-        return [FeatureEntry(*row[:-2], bool(row[-2]), row[-1]) for row in rows]
-
-    def _read_shard(self, relpath: str) -> ShardContents:
-        try:
-            with h5py.File(self.directory / relpath, "r", locking=False) as h5:
-                if python_value(h5.attrs.get("format")) != SHARD_FORMAT:
-                    raise StoreError(f"{relpath}: not a vidfeat shard")
-                return read_shard_metadata(h5, relpath)
-        except StoreError:
-            raise
-        except (OSError, KeyError, RuntimeError, ValueError) as error:
-            raise StoreError(f"{relpath}: unreadable shard: {error}") from error
-
-    def _forget_replaced_shard(self, db: sqlite3.Connection, relpath: str,
-                               contents: ShardContents) -> None:
-        """A shard written again under its name (a video extracted again) replaces its old
-        rows. Only rows for features the new file no longer holds are worth a word."""
+    # ---- writing --------------------------------------------------------------------------
+    def _forget_replaced_shard(self, db: sqlite3.Connection, contents: ShardContents) -> None:
+        """A shard written again under its name replaces its old rows. Only rows for features
+        the new file no longer holds are worth a word."""
+        relpath = contents.relpath
         row = db.execute("SELECT written_at FROM shards WHERE path = ?", (relpath,)).fetchone()
         if row is None or row[0] == contents.written_at:
             return
@@ -346,15 +373,18 @@ class StoreIndex:
                         + (f" and {len(gone) - 5} more" if len(gone) > 5 else ""),
                         self.directory)
 
-    def _insert(self, db: sqlite3.Connection, relpath: str, contents: ShardContents) -> None:
-        written_at = contents.written_at
+    def _insert(self, db: sqlite3.Connection, contents: ShardContents) -> set[str]:
+        """Add one shard's rows; returns the shards whose rows it superseded, and itself
+        when none of its rows won (the candidates for deletion)."""
+        relpath, written_at = contents.relpath, contents.written_at
         db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?)",
                    (relpath, written_at, contents.vidfeat_version))
-        for video_id, attrs in contents.video_attrs.items():
-            self._merge_video(db, video_id, attrs, relpath, written_at)
-        columns = ", ".join([f.name for f in fields(FeatureEntry)] + ["written_at"])
+        self._merge_videos(db, contents)
+        keys = [(e.video_id, e.feature) for e in contents.entries]
+        before = self._shards_of(db, keys)
         db.executemany(
-            f"""INSERT INTO features ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            f"""INSERT INTO features ({ENTRY_COLUMNS}, written_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (video_id, feature) DO UPDATE SET
                  shard = excluded.shard, status = excluded.status, reason = excluded.reason,
                  config_hash = excluded.config_hash, rows = excluded.rows, dim = excluded.dim,
@@ -364,30 +394,63 @@ class StoreIndex:
             """,
             [(*astuple(entry), written_at) for entry in contents.entries],
         )
+        return set(before.values()) | {relpath}
 
-    def _merge_video(self, db: sqlite3.Connection, video_id: str, attrs: dict[str, Any],
-                     relpath: str, written_at: int) -> None:
-        row = db.execute(
-            "SELECT shard, written_at, attrs, attrs_written_at FROM videos WHERE video_id = ?",
-            (video_id,),
-        ).fetchone()
+    @staticmethod
+    def _shards_of(db: sqlite3.Connection, keys: list[tuple[str, str]]) -> dict[tuple, str]:
+        found: dict[tuple, str] = {}
+        videos = sorted({video_id for video_id, _ in keys})
+        wanted = set(keys)
+        for chunk in _chunks(videos):
+            for video_id, feature, shard in db.execute(
+                    f"SELECT video_id, feature, shard FROM features"
+                    f" WHERE video_id IN ({_marks(chunk)})", chunk):
+                if (video_id, feature) in wanted:
+                    found[video_id, feature] = shard
+        return found
+
+    @staticmethod
+    def _merge_videos(db: sqlite3.Connection, contents: ShardContents) -> None:
+        """Each video's attributes merged key by key with what the index holds, newest wins;
+        a video new to the index (the common case) is one plain insert."""
+        relpath, written_at = contents.relpath, contents.written_at
         version = [written_at, relpath]
-        if row is None:
-            shard, newest, merged, versions = relpath, written_at, {}, {}
-        else:
-            shard, newest = row[0], row[1]
-            merged, versions = json.loads(row[2]), json.loads(row[3])
-            if (written_at, relpath) > (newest, shard):
-                shard, newest = relpath, written_at
-        for key, value in attrs.items():
-            if key not in versions or version > versions[key]:
-                merged[key], versions[key] = value, version
-        db.execute(
-            "INSERT OR REPLACE INTO videos VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (video_id, shard, newest, _text_or_none(merged.get("fingerprint")),
-             _text_or_none(merged.get("source_path")),
-             json.dumps(merged, default=str), json.dumps(versions)),
-        )
+        existing: dict[str, tuple] = {}
+        ids = list(contents.video_attrs)
+        for chunk in _chunks(ids):
+            for row in db.execute(
+                    "SELECT video_id, shard, written_at, attrs, attrs_written_at FROM videos"
+                    f" WHERE video_id IN ({_marks(chunk)})", chunk):
+                existing[row[0]] = row[1:]
+        rows = []
+        for video_id, attrs in contents.video_attrs.items():
+            if video_id not in existing:
+                merged, versions, shard, newest = attrs, "", relpath, written_at
+            else:
+                shard, newest, old_attrs, old_versions = existing[video_id]
+                merged = json.loads(old_attrs)
+                versions = (json.loads(old_versions) if old_versions
+                            else {key: [newest, shard] for key in merged})
+                for key, value in attrs.items():
+                    if key not in versions or version > versions[key]:
+                        merged[key], versions[key] = value, version
+                if (written_at, relpath) > (newest, shard):
+                    shard, newest = relpath, written_at
+                uniform = all(v == [newest, shard] for v in versions.values())
+                versions = "" if uniform else json.dumps(versions)
+            rows.append((video_id, shard, newest, _text_or_none(merged.get("fingerprint")),
+                         _text_or_none(merged.get("source_path")),
+                         json.dumps(merged, default=json_default), versions))
+        db.executemany("INSERT OR REPLACE INTO videos VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def _chunks(items: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(items), IDS_PER_QUERY):
+        yield items[start:start + IDS_PER_QUERY]
+
+
+def _marks(chunk: list[Any]) -> str:
+    return ", ".join("?" * len(chunk))
 
 
 def _free_bytes(directory: Path) -> int:

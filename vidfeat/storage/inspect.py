@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vidfeat.storage.index import FeatureEntry
 from vidfeat.storage.reader import FeatureStore, open_store
 from vidfeat.storage.runs import read_reports
+from vidfeat.storage.schema import FeatureEntry
 
 EXAMPLES_SHOWN = 3
 

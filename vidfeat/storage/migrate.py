@@ -2,21 +2,41 @@
 
 Each migration takes a store from schema N to N+1 in place and is listed in ``MIGRATIONS``
 under N; ``migrate`` applies them in order, rewriting the marker after each step so an
-interrupted run resumes where it stopped, then rebuilds the index. Schema 1 is the first, so
-the table is empty: a future schema 2 adds ``MIGRATIONS[1] = _schema_1_to_2``.
+interrupted run resumes where it stopped, then rebuilds the index.
+
+Schema 1 -> 2 repacks the one-video shards into packs: the newest copy of each (video,
+feature), as the index rebuilt from the shards names it, goes into packs of
+``VIDEOS_PER_PACK`` videos written beside them (newer, holding the same rows); then every
+shard the rebuilt index listed is deleted. Interrupted, the next ``migrate`` starts over from
+a rebuilt index that holds the old shards and the packs already written: the same rows again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from itertools import groupby
 from pathlib import Path
 
-from vidfeat.errors import StoreError
-from vidfeat.storage.index import StoreIndex
-from vidfeat.storage.schema import SCHEMA_VERSION
-from vidfeat.storage.writer import check_schema_version, read_marker, write_marker
+import h5py
 
-MIGRATIONS: dict[int, Callable[[Path], None]] = {}
+from vidfeat.errors import StoreError
+from vidfeat.storage.attrs import read_attrs
+from vidfeat.storage.index import StoreIndex
+from vidfeat.storage.layout import ENTRY_KEYS, check_schema_version, feature_attrs, read_index
+from vidfeat.storage.schema import (
+    INDEX_NODE,
+    JOURNAL_DIR,
+    SCHEMA_VERSION,
+    SHARD_DIR,
+    VIDEOS_GROUP,
+    FeatureEntry,
+    FeatureRecord,
+    VideoRecord,
+)
+from vidfeat.storage.writer import read_marker, write_into, write_marker
+
+VIDEOS_PER_PACK = 64
 
 
 def migrate(directory: str | Path) -> str:
@@ -39,3 +59,66 @@ def migrate(directory: str | Path) -> str:
     finally:
         index.close()
     return f"{directory}: migrated from schema {found} to {SCHEMA_VERSION}"
+
+
+def _schema_1_to_2(directory: Path) -> None:
+    index = StoreIndex(directory)
+    try:
+        index.rebuild()
+        before = index.shards()
+        pack: list[VideoRecord] = []
+        for video in _videos(directory, index):
+            pack.append(video)
+            if len(pack) == VIDEOS_PER_PACK:
+                write_into(directory, None, pack, dtype=None)
+                pack = []
+        if pack:
+            write_into(directory, None, pack, dtype=None)
+    finally:
+        index.close()
+    for relpath in before:
+        (directory / relpath).unlink(missing_ok=True)
+    for folder in sorted((directory / SHARD_DIR).rglob("*"), reverse=True):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # the fan-out folders of schema 1's per-video names
+    shutil.rmtree(directory / JOURNAL_DIR, ignore_errors=True)
+
+
+def _videos(directory: Path, index: StoreIndex) -> Iterator[VideoRecord]:
+    """Each indexed video with its newest entries, read from the shards they are in."""
+    handles: dict[str, h5py.File] = {}
+    try:
+        for video_id, entries in groupby(index.iter_entries(), key=lambda e: e.video_id):
+            records = [_record(directory, handles, entry) for entry in entries]
+            known = index.video(video_id)
+            yield VideoRecord(video_id, known["attrs"] if known else {}, records)
+            if len(handles) > 64:
+                for handle in handles.values():
+                    handle.close()
+                handles.clear()
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
+def _record(directory: Path, handles: dict[str, h5py.File], entry: FeatureEntry
+            ) -> FeatureRecord:
+    """An entry as a record to write again: from a schema 1 shard (attributes on its group)
+    or from a pack an interrupted migration wrote (attributes in its ``/index``)."""
+    if entry.shard not in handles:
+        handles[entry.shard] = h5py.File(directory / entry.shard, "r", locking=False)
+    h5 = handles[entry.shard]
+    path = f"{VIDEOS_GROUP}/{entry.video_id}/{entry.feature}"
+    if isinstance(h5.get(INDEX_NODE), h5py.Dataset):
+        attrs = feature_attrs(read_index(h5), entry.video_id, entry.feature)
+    else:
+        attrs = read_attrs(h5[path])
+    attrs = {k: v for k, v in attrs.items() if k not in ENTRY_KEYS}
+    if entry.status != "ok":
+        return FeatureRecord(entry.feature, entry.status, entry.reason,  # type: ignore[arg-type]
+                             attrs=attrs)
+    return FeatureRecord(entry.feature, "ok", entry.reason, data=h5[path]["data"][()],
+                         times=h5[path]["times"][()], attrs=attrs)
+
+
+MIGRATIONS: dict[int, Callable[[Path], None]] = {1: _schema_1_to_2}

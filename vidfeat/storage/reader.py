@@ -1,21 +1,22 @@
 """Reading features back: ``open_store(path)`` for a store directory or a merged ``.h5`` file.
 
-A FeatureStore is cheap to create and safe to hand to DataLoader workers: it loads the index
-into memory on first use, opens HDF5 files only when a read needs them, drops handles it
-inherited through fork (HDF5 handles must not be shared between processes) and pickles as
-its path alone, so spawned workers reopen everything themselves.
+A FeatureStore's memory does not grow with the store: it answers from the index as it is asked
+(the SQLite index of a directory, the sorted tables of a merged file), keeps no copy of it,
+opens HDF5 files only when a read needs them, drops handles and connections it inherited
+through fork (they must not be shared between processes) and pickles as its path alone, so
+DataLoader workers (fork or spawn) reopen everything themselves.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import math
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,23 @@ import numpy as np
 import numpy.typing as npt
 
 from vidfeat.errors import StoreError
-from vidfeat.storage.index import FeatureEntry, StoreIndex
-from vidfeat.storage.schema import INDEX_FILE, MERGED_FORMAT, VIDEOS_GROUP
-from vidfeat.storage.writer import check_schema_version, python_value, read_attrs, require_store
+from vidfeat.storage.attrs import python_value, read_attrs
+from vidfeat.storage.index import StoreIndex
+from vidfeat.storage.layout import check_schema_version, feature_attrs, read_index
+from vidfeat.storage.merged import JsonMergedIndex, MergedIndex
+from vidfeat.storage.schema import (
+    INDEX_FILE,
+    INDEX_NODE,
+    MERGED_FORMAT,
+    VIDEOS_GROUP,
+    FeatureEntry,
+)
+from vidfeat.storage.writer import readable_store
 
-# the merged file's copy of the index (JSON bytes), so opening it does not walk every group
-MERGED_INDEX_DATASET = "index"
 ALIGN_METHODS = ("mean", "nearest")
 MAX_OPEN_FILES = 256
+#: shards whose own index (``/index``) is kept parsed, for ``attrs(video, feature)``
+CACHED_SHARD_INDEXES = 16
 
 
 @dataclass
@@ -55,10 +65,7 @@ class FeatureStore:
         if self.merged:
             _check_merged(self.path)
         else:
-            require_store(self.path)
-        self._entries: dict[tuple[str, str], FeatureEntry] | None = None
-        self._features_by_video: dict[str, dict[str, FeatureEntry]] = {}
-        self._video_attrs: dict[str, dict[str, Any]] = {}
+            readable_store(self.path)
         self._reset_handles()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -77,31 +84,35 @@ class FeatureStore:
         return f"FeatureStore({str(self.path)!r})"
 
     def close(self) -> None:
-        """Close the files this process opened (the loaded index stays usable)."""
+        """Close the files and the index connection this process opened."""
         if self._pid == os.getpid():
             with self._lock:
                 for handle in self._handles.values():
                     handle.close()
+                if isinstance(self._index, _DirectoryIndex):
+                    self._index.close()
         self._reset_handles()
 
     def videos(self) -> list[str]:
-        """Videos with at least one feature that extracted successfully."""
-        self._load()
-        return sorted(v for v, features in self._features_by_video.items()
-                      if any(e.status == "ok" for e in features.values()))
+        """Videos with at least one feature that extracted successfully, sorted."""
+        return self._lookup().ok_videos()
 
     def features(self, video_id: str) -> list[str]:
         """The features ``get`` can read for ``video_id``."""
         return sorted(f for f, e in self._video_entries(video_id).items() if e.status == "ok")
 
     def entries(self) -> list[FeatureEntry]:
-        """Every (video, feature) the store knows, failures included."""
-        self._load()
-        return list(self._entries.values())
+        """Every (video, feature) the store knows, failures included (all in memory: on a
+        large store prefer ``iter_entries``)."""
+        return list(self.iter_entries())
+
+    def iter_entries(self) -> Iterator[FeatureEntry]:
+        """Every (video, feature) the store knows, failures included, streamed."""
+        return self._lookup().iter_entries()
 
     def failures(self) -> list[tuple[str, str, str, str]]:
         """``(video_id, feature, status, reason)`` for every failed or skipped feature."""
-        return sorted((e.video_id, e.feature, e.status, e.reason) for e in self.entries()
+        return sorted((e.video_id, e.feature, e.status, e.reason) for e in self.iter_entries()
                       if e.status != "ok")
 
     def get(self, video_id: str, feature: str,
@@ -118,11 +129,21 @@ class FeatureStore:
         """The video's attributes, or those of one of its features (failed ones too)."""
         entries = self._video_entries(video_id)
         if feature is None:
-            return dict(self._video_attrs.get(video_id, {}))
+            return dict(self._lookup().video_attrs(video_id) or {})
         if feature not in entries:
             raise KeyError(f"video {video_id!r} has no feature {feature!r}")
         entry = entries[feature]
-        return read_attrs(self._file(entry)[f"{VIDEOS_GROUP}/{video_id}/{feature}"])
+        if self.merged:
+            return self._lookup().feature_attrs(entry)
+        shard = self._file(entry)
+        if not isinstance(shard.get(INDEX_NODE), h5py.Dataset):  # a schema 1 shard
+            return read_attrs(shard[f"videos/{video_id}/{feature}"])
+        payload = self._shard_indexes.get(entry.shard)
+        if payload is None:
+            payload = self._shard_indexes[entry.shard] = read_index(shard)
+            if len(self._shard_indexes) > CACHED_SHARD_INDEXES:
+                self._shard_indexes.popitem(last=False)
+        return feature_attrs(payload, video_id, feature)
 
     def aligned(self, video_id: str, features: list[str], grid: float = 1.0,
                 how: str = "mean") -> AlignedFeatures:
@@ -143,7 +164,7 @@ class FeatureStore:
         for name, (data, _) in series.items():
             if not len(data):
                 raise ValueError(f"{video_id}/{name} has no rows to align")
-        duration = self._video_attrs.get(video_id, {}).get("duration")
+        duration = (self._lookup().video_attrs(video_id) or {}).get("duration")
         if not isinstance(duration, (int, float)) or not duration > 0:
             duration = max(float(times[:, 1].max()) for _, times in series.values())
         count = max(1, math.ceil(round(duration / grid, 9)))
@@ -154,35 +175,28 @@ class FeatureStore:
                     for name, (data, times) in series.items()}
         )
 
-    def _load(self) -> None:
-        if self._entries is not None:
-            return
-        if self.merged:
-            index = json.loads(self._file(None)[MERGED_INDEX_DATASET][()].tobytes())
-            entries = [entry_from_json(row, self.path) for row in index["entries"]]
-            self._video_attrs = index["videos"]
-        else:
-            if not (self.path / INDEX_FILE).exists():
-                raise StoreError(f"{self.path}: the index is missing; "
-                                 f"run `vidfeat verify {self.path} --repair`")
-            index = StoreIndex(self.path, readonly=True)
-            try:
-                entries = index.entries()
-                self._video_attrs = index.videos()
-            finally:
-                index.close()
-        by_video: dict[str, dict[str, FeatureEntry]] = {}
-        for entry in entries:
-            by_video.setdefault(entry.video_id, {})[entry.feature] = entry
-        self._features_by_video = by_video
-        self._entries = {(e.video_id, e.feature): e for e in entries}
+    def _lookup(self) -> _DirectoryIndex | MergedIndex | JsonMergedIndex:
+        """This process's view of the index, opened on first use."""
+        if self._pid != os.getpid():
+            self._reset_handles()  # inherited through fork: never touch the parent's
+        if self._index is None:
+            if self.merged:
+                h5 = self._file(None)
+                node = h5.get(INDEX_NODE)
+                self._index = (MergedIndex(h5, self.path) if isinstance(node, h5py.Group)
+                               else JsonMergedIndex(h5, self.path))
+            else:
+                if not (self.path / INDEX_FILE).exists():
+                    raise StoreError(f"{self.path}: the index is missing; "
+                                     f"run `vidfeat verify {self.path} --repair`")
+                self._index = _DirectoryIndex(StoreIndex(self.path, readonly=True))
+        return self._index
 
     def _video_entries(self, video_id: str) -> dict[str, FeatureEntry]:
-        self._load()
-        try:
-            return self._features_by_video[video_id]
-        except KeyError:
-            raise KeyError(f"video {video_id!r} is not in {self.path}") from None
+        entries = self._lookup().video_entries(video_id)
+        if not entries:
+            raise KeyError(f"video {video_id!r} is not in {self.path}")
+        return entries
 
     def _ok_entry(self, video_id: str, feature: str) -> FeatureEntry:
         entries = self._video_entries(video_id)
@@ -230,8 +244,44 @@ class FeatureStore:
 
     def _reset_handles(self) -> None:
         self._handles: OrderedDict[str, h5py.File] = OrderedDict()
-        self._lock = threading.Lock()
+        self._shard_indexes: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._index: _DirectoryIndex | MergedIndex | JsonMergedIndex | None = None
+        self._lock = threading.RLock()
         self._pid = os.getpid()
+
+
+class _DirectoryIndex:
+    """A store directory's SQLite index, asked one question at a time (one connection per
+    process, shared by its threads under a lock)."""
+
+    def __init__(self, index: StoreIndex) -> None:
+        self.index = index
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        self.index.close()
+
+    def ok_videos(self) -> list[str]:
+        with self.lock:
+            return self.index.ok_videos()
+
+    def video_entries(self, video_id: str) -> dict[str, FeatureEntry]:
+        with self.lock:
+            return self.index.video_features(video_id)
+
+    def video_attrs(self, video_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            known = self.index.video(video_id)
+        return None if known is None else known["attrs"]
+
+    def iter_entries(self) -> Iterator[FeatureEntry]:
+        entries = self.index.iter_entries()
+        while True:
+            with self.lock:  # not held while the caller works on a chunk (and reads rows)
+                chunk = list(itertools.islice(entries, 4096))
+            if not chunk:
+                return
+            yield from chunk
 
 
 def open_store(path: str | Path) -> FeatureStore:
@@ -250,23 +300,6 @@ def using_store(store_or_path: FeatureStore | str | Path) -> Iterator[FeatureSto
         return
     with open_store(store_or_path) as store:
         yield store
-
-
-def entry_from_json(row: dict[str, Any] | list[Any], where: str | Path) -> FeatureEntry:
-    """A merged file's index row: by field name (unknown names, from a newer vidfeat, are
-    ignored; a missing one takes the field's default), or positional as vidfeat 0.1 wrote it."""
-    if isinstance(row, list):
-        try:
-            return FeatureEntry(*row)
-        except TypeError as error:
-            raise StoreError(f"{where}: unreadable index row {row!r}: {error}") from None
-    known = {f.name: f for f in fields(FeatureEntry)}
-    missing = [name for name, f in known.items()
-               if name not in row and f.default is MISSING]
-    if missing:
-        raise StoreError(f"{where}: index rows lack {', '.join(missing)}: written by an "
-                         "incompatible vidfeat")
-    return FeatureEntry(**{name: value for name, value in row.items() if name in known})
 
 
 def _check_merged(path: Path) -> None:

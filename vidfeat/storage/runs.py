@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from vidfeat.errors import StoreError
+from vidfeat.storage.files import replace_atomically
 from vidfeat.storage.schema import Outcome
-from vidfeat.storage.writer import replace_atomically
 
 RUNS_DIR = "runs"
 REPORT_FORMAT = "vidfeat-run"

@@ -1,46 +1,55 @@
-"""The store's on-disk layout (schema version 1) and the records written into it.
+"""The store's on-disk layout (schema version 2) and the records written into it.
 
 A store is a directory::
 
-    DIR/vidfeat-store.json      {"schema_version": 1, "format": "vidfeat-store", ...}
+    DIR/vidfeat-store.json      {"schema_version": 2, "format": "vidfeat-store", ...}
     DIR/index.sqlite            video id -> shard, fingerprint, features, config hashes, failures
                                 (a cache: `vidfeat verify DIR --repair` rebuilds it from shards)
-    DIR/shards/**/NAME.h5       shard files, each written by one writer and renamed into place
+    DIR/journal/*.log           the shards each writing process started, one path a line, until
+                                a run has indexed them (how a run finds what a killed run wrote
+                                without walking the store)
+    DIR/shards/XX/NAME.h5       packs: the videos of one task, written by one writer and
+                                renamed into place; NAME is a random hex name, never a video id
 
-Every shard (and a merged single-file export, whose root attribute ``format`` is
-"vidfeat-merged") holds the same per-video layout::
+Every shard holds, for its videos (docs/store.md is the full description)::
 
-    /                                   attrs: format, schema_version, vidfeat_version
-    /videos/<video_id>                  attrs: source_path, fingerprint, duration, fps, width,
-                                        height, rotation, frame_count, video_codec, start_time,
-                                        has_audio, audio_sample_rate, audio_channels, audio_start
-    /videos/<video_id>/<feature>        attrs: status ("ok" | "failed" | "skipped"), reason,
-                                        model, layer, weights_sha256, random_weights, config
-                                        (JSON), config_hash, padded, precision, compiled,
-                                        device, vidfeat_version, the sampling options (fps,
-                                        frames, clip_len, stride, hop, ...), and for visual
-                                        features decoder and decode_device ("cpu" | "cuda")
+    /                                   attrs: format "vidfeat-shard", schema_version,
+                                        vidfeat_version, written_at (time.time_ns())
     /videos/<video_id>/<feature>/data   [N, D] float16 or float32   (status "ok" only)
     /videos/<video_id>/<feature>/times  [N, 2] float64 seconds from the video start
-    /index                              merged file only: the index as JSON bytes, so opening
-                                        it reads one dataset instead of walking every group
+    /index                              the shard's own index: gzip'd JSON bytes holding each
+                                        video's attributes, each (video, feature)'s status,
+                                        reason, shape and attributes, and the attributes all
+                                        videos of a feature share, stored once ("shared")
+
+Schema 1 shards (one video per file) kept every attribute as an HDF5 attribute of the
+video's and the feature's groups, and had no ``/index``; they are still read.
+
+A merged file (root ``format`` "vidfeat-merged") has the same ``/videos`` layout and its index
+as tables (see ``merged.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: the oldest schema this vidfeat still reads (writing needs SCHEMA_VERSION: `vidfeat migrate`)
+OLDEST_READABLE_SCHEMA = 1
 STORE_MARKER = "vidfeat-store.json"
 STORE_FORMAT = "vidfeat-store"
 SHARD_FORMAT = "vidfeat-shard"
 MERGED_FORMAT = "vidfeat-merged"
 INDEX_FILE = "index.sqlite"
 SHARD_DIR = "shards"
+JOURNAL_DIR = "journal"
 VIDEOS_GROUP = "videos"
+#: a shard's own index (schema 2), and a merged file's index group
+INDEX_NODE = "index"
 
 Status = Literal["ok", "failed", "skipped"]
 OutcomeStatus = Literal["ok", "failed", "skipped", "up_to_date"]
@@ -90,3 +99,40 @@ class Outcome:
     #: 0 for up_to_date). Decoding serves every feature of a video and is not counted.
     seconds: float = 0.0
     source_path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureEntry:
+    """What the index knows about one (video, feature): where it is and what it holds."""
+
+    video_id: str
+    feature: str
+    shard: str
+    status: str
+    reason: str
+    config_hash: str
+    rows: int
+    dim: int
+    dtype: str
+    # a field added later needs a default, so merged files written before it still read
+    random_weights: bool = False
+    weights_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class ShardContents:
+    """A shard's index rows: what its writer returns, what the index adds in one transaction,
+    and what ``/index`` in the file holds, so that indexing never opens the shard again."""
+
+    relpath: str
+    written_at: int
+    vidfeat_version: str
+    video_attrs: dict[str, dict[str, Any]]
+    entries: list[FeatureEntry]
+
+
+def video_key(video_id: str) -> int:
+    """A video id's 64-bit lookup key (signed, as SQLite and numpy's int64 sort it): merged
+    files sort their index tables by it, so a lookup is a binary search on one int array."""
+    digest = hashlib.blake2b(video_id.encode("utf-8", "surrogateescape"), digest_size=8)
+    return int.from_bytes(digest.digest(), "little", signed=True)

@@ -1,27 +1,27 @@
-"""Creating a store and writing shards into it.
+"""Creating a store and writing shards (packs of videos) into it.
 
-A shard is built in memory, written under a temporary name in its final directory, fsynced, and
+A pack is built in memory, written under a temporary name in its final directory, fsynced, and
 renamed into place, so a reader or the index never sees half a shard, and many processes (or
-hosts sharing the directory) can write at once: each temporary name is unique, each shard name
-belongs to one task. Building it in memory keeps libhdf5 away from the disk: a full disk is an
-OSError from a plain ``write`` (StoreFullError, the temporary file removed), never a crash
-inside the library. Data goes into contiguous, uncompressed datasets: README.md ("Chunking and
-compression") has the measurements behind that choice.
+hosts sharing the directory) can write at once. Before that, its path is appended to the
+writing process's journal (``DIR/journal/``): a run whose driver died before indexing finds
+the shards it wrote there, without walking the store. Building it in memory keeps libhdf5 away
+from the disk: a full disk is an OSError from a plain ``write`` (StoreFullError, the temporary
+file removed), never a crash inside the library. Data goes into contiguous, uncompressed
+datasets (docs/store.md, "Chunking and compression").
+
+A pack's name is random hex, never derived from a video id, so any id the HDF5 group can hold
+(255-byte, UTF-8, spaces, newlines) makes a valid file name.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import logging
-import numbers
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,24 @@ import h5py
 import numpy as np
 
 from vidfeat import __version__
-from vidfeat.errors import StoreError, StoreFullError
+from vidfeat.errors import StoreError
+from vidfeat.storage.attrs import plain_attrs, python_value
+from vidfeat.storage.files import (
+    disk_full_as_store_error,
+    fsync_directory,
+    replace_atomically,
+    temporary_name,
+    write_durably,
+)
+from vidfeat.storage.layout import (
+    ENTRY_KEYS,
+    check_schema_version,
+    contents_from_index,
+    shared_attrs,
+    write_index,
+)
 from vidfeat.storage.schema import (
+    JOURNAL_DIR,
     MERGED_FORMAT,
     SCHEMA_VERSION,
     SHARD_DIR,
@@ -38,13 +54,13 @@ from vidfeat.storage.schema import (
     STORE_FORMAT,
     STORE_MARKER,
     VIDEOS_GROUP,
+    ShardContents,
     VideoRecord,
 )
 
 log = logging.getLogger(__name__)
 
 DATA_DTYPES = ("float16", "float32")
-TEMP_SUFFIX = ".tmp"
 # libver v108: compact "new style" groups and attributes of any size; HDF5 1.8+ reads them
 HDF5_LIBVER = "v108"
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -81,23 +97,22 @@ def read_marker(directory: str | Path) -> dict[str, Any]:
     return content
 
 
-def check_schema_version(found: int, where: str | Path) -> None:
-    """StoreError unless ``found`` is this vidfeat's schema; the message says what to do."""
-    if found > SCHEMA_VERSION:
-        raise StoreError(
-            f"{where}: created by a newer vidfeat (schema {found}); upgrade vidfeat"
-        )
-    if found < SCHEMA_VERSION:
-        raise StoreError(
-            f"{where}: schema {found} is older than this vidfeat's schema {SCHEMA_VERSION}; "
-            f"run `vidfeat migrate {where}`"
-        )
+def readable_store(directory: str | Path) -> tuple[Path, int]:
+    """The store directory and its schema, after checking that this vidfeat reads it."""
+    directory = Path(directory)
+    version = read_marker(directory)["schema_version"]
+    check_schema_version(version, directory)
+    return directory, version
 
 
 def require_store(directory: str | Path) -> Path:
-    """The store directory, after checking that its schema is the one this vidfeat reads."""
-    directory = Path(directory)
-    check_schema_version(read_marker(directory)["schema_version"], directory)
+    """The store directory, after checking that its schema is the one this vidfeat writes
+    (an older one is read, but written to only after `vidfeat migrate`)."""
+    directory, version = readable_store(directory)
+    if version < SCHEMA_VERSION:
+        raise StoreError(f"{directory}: schema {version} is older than this vidfeat's schema "
+                         f"{SCHEMA_VERSION} (it reads it, but writes only the current one); "
+                         f"run `vidfeat migrate {directory}`")
     return directory
 
 
@@ -107,7 +122,8 @@ def write_marker(directory: Path, schema_version: int) -> None:
         "schema_version": schema_version,
         "created_by": __version__,
     }
-    _replace_atomically(directory / STORE_MARKER, json.dumps(marker, indent=2).encode() + b"\n")
+    replace_atomically(directory / STORE_MARKER, json.dumps(marker, indent=2).encode() + b"\n",
+                       directory)
 
 
 def require_writable(directory: Path, needs: str) -> None:
@@ -138,143 +154,132 @@ def create_store(directory: str | Path) -> Path:
 
 def write_shard(
     directory: str | Path,
-    shard_name: str,
+    shard_name: str | None,
     videos: list[VideoRecord],
     *,
-    dtype: str = "float16",
-) -> str:
-    """Write ``videos`` as ``shards/<shard_name>.h5``; return that path relative to the store.
+    dtype: str | None = "float16",
+) -> ShardContents:
+    """Write ``videos`` as one shard; return its index rows (``relpath`` relative to the
+    store), for ``StoreIndex.add`` without opening the file again.
 
-    Writing the same name again replaces the shard (the newer one wins in the index).
-    Features whose values exceed float16's range are kept in float32 (with a warning) rather
-    than stored as infinities.
+    ``shard_name`` None: a new random name (a pack); a name given again replaces that shard.
+    ``dtype`` None keeps each array's own (float16 or float32). Features whose values exceed
+    float16's range are kept in float32 (with a warning) rather than stored as infinities.
     """
-    if dtype not in DATA_DTYPES:
+    return write_into(require_store(directory), shard_name, videos, dtype=dtype)
+
+
+def write_into(directory: Path, shard_name: str | None, videos: list[VideoRecord], *,
+               dtype: str | None) -> ShardContents:
+    """``write_shard`` without the store's schema check: for ``migrate``, which writes
+    current shards into a store whose marker still names the old schema."""
+    if dtype is not None and dtype not in DATA_DTYPES:
         raise ValueError(f"dtype must be one of {DATA_DTYPES}, got {dtype!r}")
+    if shard_name is None:
+        name = uuid.uuid4().hex
+        shard_name = f"{name[:2]}/{name}"
     relpath = _shard_relpath(shard_name)
     _check_unique_names(videos)
-    directory = require_store(directory)
-    image = _shard_image(videos, np.dtype(dtype))
+    written_at = time.time_ns()
+    image, payload = _shard_image(videos, None if dtype is None else np.dtype(dtype),
+                                  written_at)
     path = directory / relpath
     with disk_full_as_store_error(directory, f"writing {relpath}"):
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(
-            f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
-        )
-        _write_durably(temp, image, path)
-    return relpath
+        journal(directory, relpath)
+        write_durably(temporary_name(path), image, path)
+    return contents_from_index(payload, relpath)
 
 
-def _shard_image(videos: list[VideoRecord], dtype: np.dtype) -> bytes:
-    """The shard as the bytes of an HDF5 file, built in memory."""
+def journal(directory: Path, relpath: str) -> None:
+    """Append ``relpath`` to this process's journal, before the shard exists: whoever
+    recovers after a crash finds either the shard or nothing (and its temporary file)."""
+    journal_dir = directory / JOURNAL_DIR
+    path = journal_dir / f"{socket.gethostname()}.{os.getpid()}.log"
+    try:
+        file = open(path, "a", encoding="utf-8")
+    except FileNotFoundError:
+        journal_dir.mkdir(exist_ok=True)
+        fsync_directory(directory)
+        file = open(path, "a", encoding="utf-8")
+    with file:
+        file.write(json.dumps(relpath) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _shard_image(videos: list[VideoRecord], dtype: np.dtype | None, written_at: int
+                 ) -> tuple[bytes, dict[str, Any]]:
+    """The shard as the bytes of an HDF5 file, built in memory, and its own index."""
+    payload = _index_payload(videos, written_at)
     buffer = io.BytesIO()
     with h5py.File(buffer, "w", libver=HDF5_LIBVER, locking=False) as h5:
-        h5.attrs.update(
-            {
-                "format": SHARD_FORMAT,
-                "schema_version": SCHEMA_VERSION,
-                "vidfeat_version": __version__,
-                "written_at": time.time_ns(),
-            }
-        )
+        h5.attrs.update({"format": SHARD_FORMAT, "schema_version": SCHEMA_VERSION,
+                         "vidfeat_version": __version__, "written_at": written_at})
         videos_group = h5.create_group(VIDEOS_GROUP)
+        rows = iter(payload["entries"])
         for video in videos:
-            _write_video(videos_group, video, dtype)
-    return buffer.getvalue()
+            group = videos_group.create_group(video.video_id)
+            for record in video.features:
+                row = next(rows)
+                if record.status == "ok":
+                    row["dtype"] = _write_feature(group.create_group(record.feature),
+                                                  video.video_id, record.data, record.times,
+                                                  record.feature, dtype)
+        write_index(h5, payload)
+    return buffer.getvalue(), payload
 
 
-@contextmanager
-def disk_full_as_store_error(directory: str | Path, doing: str) -> Iterator[None]:
-    """Turns ENOSPC/EDQUOT raised in the block into StoreFullError: one line naming the store,
-    what was being done and the cause."""
-    try:
-        yield
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreFullError(f"store {directory}: disk full {doing} ({error.strerror}); "
-                                 "free space and rerun") from error
-        raise
+def _index_payload(videos: list[VideoRecord], written_at: int) -> dict[str, Any]:
+    """The shard's index rows; attributes every video of a feature shares are kept once."""
+    attrs_by_feature: dict[str, list[dict[str, Any]]] = {}
+    own: list[dict[str, Any]] = []
+    for video in videos:
+        for record in video.features:
+            attrs = plain_attrs(record.attrs, f"{video.video_id!r}/{record.feature}")
+            attrs = {k: v for k, v in attrs.items() if k not in ENTRY_KEYS}
+            attrs_by_feature.setdefault(record.feature, []).append(attrs)
+            own.append(attrs)
+    shared = {feature: shared_attrs(records) for feature, records in attrs_by_feature.items()}
+    entries = []
+    rows = iter(own)
+    for video in videos:
+        for record in video.features:
+            attrs = next(rows)
+            common = shared[record.feature]
+            data = record.data
+            entries.append({
+                "video_id": video.video_id, "feature": record.feature,
+                "status": record.status, "reason": record.reason,
+                "rows": int(data.shape[0]) if data is not None else 0,
+                "dim": int(data.shape[1]) if data is not None else 0, "dtype": "",
+                "attrs": {k: v for k, v in attrs.items() if k not in common},
+            })
+    return {"written_at": written_at, "vidfeat_version": __version__,
+            "videos": {video.video_id: plain_attrs(video.attrs, f"video {video.video_id!r}")
+                       for video in videos},
+            "shared": shared, "entries": entries}
 
 
-def _write_video(videos_group: h5py.Group, video: VideoRecord, dtype: np.dtype) -> None:
-    group = videos_group.create_group(video.video_id)
-    set_attrs(group, video.attrs, f"video {video.video_id!r}")
-    for record in video.features:
-        feature = group.create_group(record.feature)
-        set_attrs(feature, record.attrs, f"{video.video_id!r}/{record.feature}")
-        feature.attrs.update({"status": record.status, "reason": record.reason,
-                              "feature": record.feature})
-        if record.status != "ok":
-            continue
-        data = np.asarray(record.data)
-        stored_dtype = dtype
-        if dtype == np.float16 and _largest_finite(data) > FLOAT16_MAX:
-            log.warning("%s/%s: values beyond float16's range; stored as float32",
-                        video.video_id, record.feature)
-            stored_dtype = np.dtype(np.float32)
-        feature.create_dataset("data", data=data.astype(stored_dtype))
-        feature.create_dataset("times", data=np.asarray(record.times, dtype=np.float64))
+def _write_feature(group: h5py.Group, video_id: str, data: Any, times: Any, feature: str,
+                   dtype: np.dtype | None) -> str:
+    data = np.asarray(data)
+    stored_dtype = data.dtype if dtype is None else dtype
+    if stored_dtype.name not in DATA_DTYPES:
+        raise ValueError(f"{video_id}/{feature}: data of dtype {stored_dtype} (want "
+                         f"{' or '.join(DATA_DTYPES)})")
+    if dtype == np.float16 and _largest_finite(data) > FLOAT16_MAX:
+        log.warning("%s/%s: values beyond float16's range; stored as float32",
+                    video_id, feature)
+        stored_dtype = np.dtype(np.float32)
+    group.create_dataset("data", data=data.astype(stored_dtype), track_times=False)
+    group.create_dataset("times", data=np.asarray(times, dtype=np.float64), track_times=False)
+    return stored_dtype.name
 
 
 def _largest_finite(data: np.ndarray) -> float:
     magnitudes = np.abs(data[np.isfinite(data)])
     return float(magnitudes.max()) if magnitudes.size else 0.0
-
-
-def set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any], owner: str) -> None:
-    """Store ``attrs`` on ``obj``: None becomes an empty attribute (read back as None),
-    dicts and mixed lists become JSON strings, numbers and strings stay as they are."""
-    for key, value in attrs.items():
-        obj.attrs[key] = hdf5_attr_value(value, f"attribute {key!r} of {owner}")
-
-
-def hdf5_attr_value(value: Any, what: str) -> Any:
-    if value is None:
-        return h5py.Empty("f4")
-    if isinstance(value, (str, bool, np.bool_)):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, Mapping):
-        return json.dumps(value, sort_keys=True, default=_json_default)
-    if isinstance(value, (list, tuple, np.ndarray)):
-        array = np.asarray(value) if len(value) else None
-        if array is not None and array.ndim == 1 and array.dtype.kind in "biuf":
-            return array
-        if array is not None and array.ndim == 1 and array.dtype.kind == "U":
-            return array.astype(h5py.string_dtype())
-        return json.dumps(list(value), default=_json_default)
-    raise TypeError(f"{what}: cannot store a {type(value).__name__}; "
-                    "use a number, string, list or dict")
-
-
-def python_value(value: Any) -> Any:
-    """An attribute as read by h5py, back as a plain Python value (inverse of the above)."""
-    if isinstance(value, h5py.Empty):
-        return None
-    if isinstance(value, np.ndarray):
-        return [v.decode() if isinstance(v, bytes) else v for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, bytes):
-        return value.decode()
-    return value
-
-
-def read_attrs(obj: h5py.HLObject) -> dict[str, Any]:
-    return {key: python_value(value) for key, value in obj.attrs.items()}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def _shard_relpath(shard_name: str) -> str:
@@ -301,42 +306,3 @@ def _check_unique_names(videos: list[VideoRecord]) -> None:
         features = [record.feature for record in video.features]
         if len(set(features)) != len(features):
             raise ValueError(f"video {video.video_id!r} lists a feature twice: {features}")
-
-
-def _replace_atomically(path: Path, content: bytes) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
-    _write_durably(temp, content, path)
-
-
-def replace_atomically(path: str | Path, content: bytes, store: str | Path) -> None:
-    """Write ``content`` as ``path`` (temporary file, fsync, rename); StoreFullError when the
-    disk of ``store`` is full, and no temporary file left behind."""
-    path = Path(path)
-    with disk_full_as_store_error(store, f"writing {path.name}"):
-        _replace_atomically(path, content)
-
-
-def _write_durably(temp: Path, content: bytes, path: Path) -> None:
-    """``content`` into ``temp``, fsynced, renamed to ``path``; ``temp`` removed on any error."""
-    try:
-        with open(temp, "wb") as file:
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # makes the rename itself durable; some filesystems refuse to open a directory: not fatal
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
