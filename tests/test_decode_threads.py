@@ -254,8 +254,8 @@ def test_a_segment_that_fails_to_decode_fails_the_whole_video(
     with open_store(store) as opened:
         assert [(v, f, s) for v, f, s, _ in opened.failures()] == [("long", VISUAL, "failed")]
     assert not _ok_keys(store)  # no rows with a hole
-    with h5py.File(store / report.shards[0], "r") as shard:
-        assert "data" not in shard["videos"]["long"][VISUAL]
+    with h5py.File(store / report.shards[0].relpath, "r") as shard:
+        assert f"videos/long/{VISUAL}/data" not in shard
 
 
 # ---- 3. files gone or replaced between planning and decode ------------------------------------
@@ -292,15 +292,13 @@ def test_a_task_whose_shard_cannot_be_written_leaves_no_decode_thread_behind(
     which the worker survives) must not leave its decode threads blocked on the queue for the
     rest of the worker's life, each holding an open decoder."""
     store = create_store(tmp_path / "store")
-    (store / "shards" / "blocked").write_text("a file where the shard's directory goes")
-    first, *others = _units([media["good0"], media["long"], media["good1"], media["good2"]])
-    units = [WorkUnit(first.video, first.kind, first.features, "blocked/good0", first.info),
-             *others]
+    (store / "journal").write_text("a file where the journal's directory goes")
+    units = _units([media["good0"], media["long"], media["good1"], media["good2"]])
     before = frozenset(threading.enumerate())
-    with pytest.raises(OSError, match="blocked"):
+    with pytest.raises(OSError, match="journal"):  # pack_bytes=1: each video written at once
         _within_deadline(lambda: Engine(pool, batch_size=2, dtype="float32",
                                         decoder_threads=DECODER_THREADS, decode_threads=3,
-                                        queue_items=1).run(units, str(store)))
+                                        queue_items=1, pack_bytes=1).run(units, str(store)))
     assert not _no_decode_thread_left(before), (
         "decode threads blocked for good after the task broke")
 
@@ -315,7 +313,7 @@ def test_more_decode_threads_than_units_and_none(media: dict[str, Path], pool: E
     assert {k: v[:2] for k, v in _outcomes(five).items()} == {
         (p.stem, VISUAL): ("ok", 2) for p in paths}
     one = _run(pool, _units(paths), tmp_path / "one", threads=1)
-    assert len(one.shards) == 2
+    assert len(one.shards) == 1  # the task's videos in one pack
     rows_one = _stored(tmp_path / "one")
     rows_five = _stored(tmp_path / "five")
     assert set(rows_five) == set(rows_one)

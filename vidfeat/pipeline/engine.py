@@ -99,10 +99,13 @@ class Engine:
     def __init__(self, pool: ExtractorPool, *, batch_size: int | None = None,
                  dtype: str = "float16",
                  decoder: str = "pyav", decoder_threads: int | None = None,
-                 decode_threads: int = 1, queue_items: int | None = None) -> None:
+                 decode_threads: int = 1, queue_items: int | None = None,
+                 pack_bytes: int = PACK_BYTES) -> None:
         """``decoder_threads``: the threads all decoding shares (None: FFmpeg's choice);
-        ``decode_threads``: units decoded at once, for a model faster than one decoder (a GPU's)
+        ``decode_threads``: units decoded at once, for a model faster than one decoder (a GPU's);
+        ``pack_bytes``: rows held before the finished videos are written as a shard
         """
+        self.pack_bytes = pack_bytes
         self.pool = pool
         self.decoder_threads = decoder_threads
         self.decode_threads = decode_threads
@@ -117,7 +120,7 @@ class Engine:
     def run(self, units: list[WorkUnit], store: str) -> TaskReport:
         started = time.perf_counter()
         report = TaskReport()
-        pack = _Pack(store, self.dtype, report)
+        pack = _Pack(store, self.dtype, report, self.pack_bytes)
         states: list[_Unit] = []
         for unit in units:
             features = {}
@@ -349,8 +352,8 @@ class _Pack:
     """The finished videos of a task, written together as one shard. A video's visual and
     audio units may both be in the task: their records join one video."""
 
-    def __init__(self, store: str, dtype: str, report: TaskReport) -> None:
-        self.store, self.dtype, self.report = store, dtype, report
+    def __init__(self, store: str, dtype: str, report: TaskReport, limit: int) -> None:
+        self.store, self.dtype, self.report, self.limit = store, dtype, report, limit
         self.videos: dict[str, VideoRecord] = {}
         self.bytes = 0
 
@@ -363,7 +366,7 @@ class _Pack:
             held.features += video.features
         self.bytes += sum(record.data.nbytes for record in video.features
                           if record.data is not None)
-        if self.bytes > PACK_BYTES:
+        if self.bytes >= self.limit:
             self.write()
 
     def write(self) -> None:
