@@ -180,10 +180,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
-def cmd_merge(args: argparse.Namespace) -> int:
-    from vidfeat.storage.merge import merge
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"want a whole number of at least 1, got {text!r}")
+    return value
 
-    print(f"wrote {merge(args.store, args.out)}")
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from vidfeat.storage.merge import merge, part_paths
+
+    merge(args.store, args.out, parts=args.parts)
+    for path in part_paths(args.out, args.parts):
+        print(f"wrote {path}")
     return EXIT_OK
 
 
@@ -405,9 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--repair", action="store_true", help="rebuild the index from shards")
     verify.set_defaults(run=cmd_verify)
 
-    merge = commands.add_parser("merge", help="write the store as one HDF5 file")
+    merge = commands.add_parser("merge", help="write the store as one HDF5 file (or K)")
     merge.add_argument("store")
     merge.add_argument("out", metavar="OUT.h5")
+    merge.add_argument("--parts", type=_positive_int, default=1, metavar="K",
+                       help="K self-contained files OUT-0000k-of-0000K.h5, each video in one "
+                            "(by a hash of its id)")
     merge.set_defaults(run=cmd_merge)
 
     export = commands.add_parser("export", help="export for other tools (npy, paddle, hdf5)")

@@ -70,8 +70,9 @@ def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
                 client = stack.enter_context(open_cluster())
             register_plugin(client, _ignore_interrupts_plugin(), "vidfeat-ignore-interrupts")
             report = execute(run, client, stop=stop, task_timeout=options.task_timeout)
-        if report.interrupted:
-            StoreIndex(run.store).recover()  # a task finishing as the cluster closed
+        # the workers are gone: a task that finished as the cluster closed is indexed, and
+        # the journal of this run's shards is emptied
+        StoreIndex(run.store).recover()
         record(report.exit_code, report.interrupted)
         return report
     except KeyboardInterrupt:
