@@ -6,7 +6,7 @@ layout: per-video datasets of realistic sizes written contiguous, as one chunk, 
         file size and the latency of opening and reading one whole dataset.
 merge:  a merged copy vs a virtual-dataset master file over the shards: build time, size,
         open time, latency of reading one video's feature.
-read:   a synthetic store (one shard per video and modality, as the pipeline writes them):
+read:   a synthetic store (packs of 50 videos, as the pipeline writes them):
         random-access videos/s from the store, the merged file and one .npy per video, all
         as float32 (and the merged file as stored, float16, for comparison).
 
@@ -33,6 +33,8 @@ from vidfeat.storage.reader import open_store
 from vidfeat.storage.schema import VIDEOS_GROUP, FeatureRecord, VideoRecord
 from vidfeat.storage.writer import create_store, write_shard
 
+#: videos per shard, as a task of short videos packs them
+PACK = 50
 SHAPES = {"resnet152": (120, 2048), "c3d": (30, 4096), "vggish": (120, 128)}
 LAYOUTS: dict[str, dict] = {
     "contiguous": {},
@@ -96,19 +98,21 @@ def bench_layout(workdir: Path, rng: np.random.Generator, count: int = 200) -> N
 
 
 def build_store(directory: Path, videos: int, rng: np.random.Generator) -> list[str]:
-    """One visual and one audio shard per video, like the pipeline; indexed."""
+    """Packs of PACK videos (visual and audio features), like the pipeline's tasks; indexed."""
     store = create_store(directory)
     index = StoreIndex(store)
     video_ids = [f"video{i:05d}" for i in range(videos)]
-    for video_id in video_ids:
-        rows = int(rng.integers(40, 81))
-        attrs = {"duration": float(rows), "fps": 25.0, "source_path": f"/corpus/{video_id}.mp4"}
-        for kind, feature, dim in (("visual", "resnet152", 2048), ("audio", "vggish", 128)):
-            record = FeatureRecord(feature, "ok", data=synthetic(feature, rows, dim, rng),
-                                   times=spans(rows, 1.0), attrs={"config_hash": "abc"})
-            shard = write_shard(store, f"{video_id[-2:]}/{video_id}.{kind}",
-                                [VideoRecord(video_id, attrs, [record])])
-            index.add_shard(shard)
+    for first in range(0, videos, PACK):
+        pack = []
+        for video_id in video_ids[first:first + PACK]:
+            rows = int(rng.integers(40, 81))
+            attrs = {"duration": float(rows), "fps": 25.0,
+                     "source_path": f"/corpus/{video_id}.mp4"}
+            pack.append(VideoRecord(video_id, attrs, [
+                FeatureRecord(feature, "ok", data=synthetic(feature, rows, dim, rng),
+                              times=spans(rows, 1.0), attrs={"config_hash": "abc"})
+                for feature, dim in (("resnet152", 2048), ("vggish", 128))]))
+        index.add([write_shard(store, None, pack)])
     index.close()
     return video_ids
 
@@ -132,8 +136,7 @@ def build_virtual_master(store: Path, master: Path) -> None:
 
 
 def bench_merge(workdir: Path, rng: np.random.Generator, videos: int) -> None:
-    print(f"\n== merge: {videos} videos x (resnet152 + vggish), one shard per video and "
-          "modality")
+    print(f"\n== merge: {videos} videos x (resnet152 + vggish), packs of {PACK} videos")
     store = workdir / "merge-store"
     build_store(store, videos, rng)
     shard_bytes = sum(p.stat().st_size for p in (store / "shards").rglob("*.h5"))

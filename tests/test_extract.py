@@ -79,6 +79,14 @@ def test_rerun_skips_what_is_up_to_date(store: Path, corpus: Path,
     assert sorted(store.rglob("*.h5")) == shards
 
 
+def test_a_rerun_with_nothing_to_do_starts_no_cluster(store: Path, corpus: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    # nothing listens on port 9 (discard): a run that tried to connect would break (exit 3)
+    assert main(["extract", str(corpus), "--store", str(store), "--scheduler",
+                 "tcp://127.0.0.1:9", "--random-weights", "--no-progress"]) == 0
+    assert "3 already up to date" in capsys.readouterr().out
+
+
 def test_shards_a_killed_driver_did_not_index_are_not_extracted_again(
         store: Path, corpus: Path, capsys: pytest.CaptureFixture) -> None:
     shards = sorted(store.rglob("*.h5"))

@@ -12,6 +12,7 @@ run was interrupted (Ctrl-C) after indexing what finished.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +25,14 @@ from vidfeat.media import check_decoder
 from vidfeat.pipeline.corpus import Rejected, VideoSource, fingerprint, scan
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.lock import StoreLock
-from vidfeat.storage.schema import Outcome
+from vidfeat.storage.schema import INDEX_FILE, SHARD_DIR, Outcome
 from vidfeat.storage.writer import create_store
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_BROKEN = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 RESUME_HINT = "rerun the same command to resume"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -245,9 +248,13 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
     if held is not None:
         held.acquire()
     try:
+        lost_index = not (store / INDEX_FILE).exists() and _has_shards(store)
         index = StoreIndex(store)
-        if held is not None:  # the lock says no run is writing: a killed run's shards are
-            index.recover()   # indexed (its finished work is not done again), temps removed
+        if held is not None and lost_index:  # deleted, or a store copied without it
+            log.warning("%s: the index is missing: rebuilding it from the shards", store)
+            index.rebuild()
+        elif held is not None:  # the lock says no run is writing: a killed run's shards
+            index.recover()     # are indexed (its finished work is not done again)
     except BaseException:
         if held is not None:
             held.release()
@@ -285,6 +292,11 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
         report.videos -= report.beyond_limit
         todo = todo[:options.limit]
     return PreparedRun(store, options, specs, hashes, todo, report, corpus.rejected, held)
+
+
+def _has_shards(store: Path) -> bool:
+    with os.scandir(store / SHARD_DIR) as entries:
+        return next(entries, None) is not None
 
 
 def _failed_features(video: VideoSource, index: StoreIndex, hashes: dict[str, str]

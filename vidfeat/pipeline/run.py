@@ -63,6 +63,9 @@ def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
 
     stop = threading.Event()
     try:
+        if not run.todo and not run.rejected:  # every video up to date: no cluster to start
+            record(run.report.exit_code)
+            return run.report
         record(None)
         with _first_interrupt_stops(stop) as spawning, contextlib.ExitStack() as stack:
             with spawning(), dask.config.set(
