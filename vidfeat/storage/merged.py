@@ -16,6 +16,7 @@ with the file. Schema 1 merged files kept the index as one JSON document in ``/i
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -36,6 +37,8 @@ ENTRY_ROW = np.dtype([("video_id", TEXT), ("feature", TEXT), ("status", TEXT),
                       ("weights_sha256", TEXT), ("shared", np.int32), ("attrs", TEXT)])
 #: rows written to a table at once
 TABLE_CHUNK = 65536
+#: videos whose entries a MergedIndex keeps (a DataLoader item reads a few features of one)
+RECENT_VIDEOS = 64
 
 
 class TableWriter:
@@ -83,6 +86,7 @@ class MergedIndex:
         self.video_keys = group["video_keys"][()]
         self.entry_keys = group["entry_keys"][()]
         self.shared = [json.loads(text) for text in group["shared"].asstr()[()]]
+        self._recent: OrderedDict[str, dict[str, FeatureEntry]] = OrderedDict()
 
     def _rows(self, table: h5py.Dataset, keys: np.ndarray, video_id: str) -> np.ndarray:
         key = video_key(video_id)
@@ -93,8 +97,15 @@ class MergedIndex:
         return rows[[_text(v) == video_id for v in rows["video_id"]]]
 
     def video_entries(self, video_id: str) -> dict[str, FeatureEntry]:
-        rows = self._rows(self.entries_table, self.entry_keys, video_id)
-        return {entry.feature: entry for entry in map(self._entry, rows)}
+        # get() of a video's features one after the other looks the same video up each time
+        cached = self._recent.get(video_id)
+        if cached is None:
+            rows = self._rows(self.entries_table, self.entry_keys, video_id)
+            cached = {entry.feature: entry for entry in map(self._entry, rows)}
+            self._recent[video_id] = cached
+            if len(self._recent) > RECENT_VIDEOS:
+                self._recent.popitem(last=False)
+        return cached
 
     def video_attrs(self, video_id: str) -> dict[str, Any] | None:
         rows = self._rows(self.videos_table, self.video_keys, video_id)

@@ -39,7 +39,9 @@ from vidfeat.storage.schema import (
 from vidfeat.storage.writer import readable_store
 
 ALIGN_METHODS = ("mean", "nearest")
-MAX_OPEN_FILES = 256
+#: each open HDF5 file keeps its own metadata cache (~0.5 MB): random reads over a store
+#: of many packs gain nothing from more
+MAX_OPEN_FILES = 32
 #: shards whose own index (``/index``) is kept parsed, for ``attrs(video, feature)``
 CACHED_SHARD_INDEXES = 16
 
