@@ -155,8 +155,7 @@ class StoreIndex:
                     "reading the shards instead", self.directory)
         connection = self._connect(":memory:")
         connection.executescript(TABLES)
-        for contents in self._readable_shards()[0]:
-            self._insert(connection, contents)
+        self._insert_readable(connection, [])
         return connection
 
     @contextmanager
@@ -299,29 +298,30 @@ class StoreIndex:
 
     def rebuild(self) -> list[str]:
         """Index every shard again from scratch (the tables are made anew, so an older
-        schema's index takes this one's); returns the shards that could not be read."""
-        readable, unreadable = self._readable_shards()
+        schema's index takes this one's), one shard at a time (flat memory); returns the
+        shards that could not be read."""
+        unreadable: list[str] = []
         with self._transaction("rebuilding the index") as db:
             for table in ("shards", "videos", "features"):
                 db.execute(f"DROP TABLE IF EXISTS {table}")
             for statement in TABLES.split(";"):  # executescript would commit first
                 if statement.strip():
                     db.execute(statement)
-            for contents in readable:
-                self._insert(db, contents)
+            self._insert_readable(db, unreadable)
         for path in self._journals():
             path.unlink(missing_ok=True)
         return unreadable
 
-    def _readable_shards(self) -> tuple[list[ShardContents], list[str]]:
-        readable, unreadable = [], []
+    def _insert_readable(self, db: sqlite3.Connection, unreadable: list[str]) -> None:
+        """Every shard on disk read and inserted; those that cannot be read are listed."""
         for relpath in self.shard_files():
             try:
-                readable.append(read_shard(self.directory, relpath))
+                contents = read_shard(self.directory, relpath)
             except StoreError as error:
                 log.warning("%s", error)
                 unreadable.append(relpath)
-        return readable, unreadable
+                continue
+            self._insert(db, contents)
 
     # ---- queries ------------------------------------------------------------------------
     def video(self, video_id: str) -> dict[str, Any] | None:

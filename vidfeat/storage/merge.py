@@ -77,6 +77,8 @@ def merge(directory: str | Path, out_h5: str | Path, *, parts: int = 1) -> Path:
         with ExitStack() as stack:
             files = [stack.enter_context(h5py.File(temp, "w", libver=HDF5_LIBVER,
                                                    locking=False)) for temp in temps]
+            for merged in files:
+                _small_metadata_cache(merged)
             scratch = sqlite3.connect(scratch_path, isolation_level=None)
             stack.callback(scratch.close)
             scratch.executescript(SCRATCH)
@@ -108,6 +110,16 @@ def merge(directory: str | Path, out_h5: str | Path, *, parts: int = 1) -> Path:
             temp.unlink(missing_ok=True)
         scratch_path.unlink(missing_ok=True)
     return out_h5 if parts == 1 else out_h5.parent
+
+
+def _small_metadata_cache(h5: h5py.File, limit: int = 4 << 20) -> None:
+    """HDF5 lets a file's metadata cache grow to 32 MB; a merge writes one file per part and
+    gains nothing from more than a few."""
+    config = h5.id.get_mdc_config()
+    config.set_initial_size = True
+    config.initial_size = config.min_size = 1 << 20
+    config.max_size = limit
+    h5.id.set_mdc_config(config)
 
 
 def _copy_groups(directory: Path, index: StoreIndex, files: list[h5py.File],
