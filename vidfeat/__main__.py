@@ -1,5 +1,3 @@
-import sys
+from vidfeat.cli import console
 
-from vidfeat.cli import main
-
-sys.exit(main())
+console()

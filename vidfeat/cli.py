@@ -12,6 +12,7 @@ unreachable, any unexpected error); 130 stopped by Ctrl-C after storing what fin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -547,5 +548,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BROKEN
 
 
+def console() -> None:
+    """The ``vidfeat`` program: ``main``, then an exit that skips the interpreter's teardown
+    of torch (measured: 1-1.5 s after the last atexit handler, for a process whose work is
+    done: shards renamed, index committed, report written). Output is flushed first."""
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    if "torch" in sys.modules:
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

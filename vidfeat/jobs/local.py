@@ -45,7 +45,7 @@ def local_client(workers: int, threads_per_worker: int = 1, gpus: int = 0) -> It
                 _gpu_cluster(workers, threads_per_worker, gpus, environ) as cluster, \
                 Client(cluster) as client:
             yield client
-            _quiet_shutdown(client)
+            _quick_shutdown(client)
         return
     # the scheduler's HTTP server on a free port: 8787 may be another run's
     with _environ_restored(list(environ)), \
@@ -55,19 +55,28 @@ def local_client(workers: int, threads_per_worker: int = 1, gpus: int = 0) -> It
                          silence_logs=logging.ERROR) as cluster, \
             Client(cluster) as client:
         yield client
-        _quiet_shutdown(client)
+        _quick_shutdown(client)
 
 
-def _quiet_shutdown(client: Any) -> None:
-    """Mute the workers' logs once the run is over: closing a cluster races each worker's
-    heartbeat against its own comms, and the loser logs a "Failed to communicate with
-    scheduler during heartbeat" traceback on the terminal of a run that went fine (or was
-    stopped with Ctrl-C). Only for clusters vidfeat closes: a user's workers keep their logs."""
-    def mute() -> None:
+def _quick_shutdown(client: Any) -> None:
+    """End this run's own worker processes at once: a graceful close tears down torch and the
+    models in each (about 2 s measured, for nothing). Safe, because every shard is written
+    atomically and journalled (a task still writing leaves a temporary file that the next run
+    removes) and the results are in. Their logs are muted first: closing a cluster races each
+    worker's heartbeat against its own comms, and the loser logs a "Failed to communicate with
+    scheduler during heartbeat" traceback on the terminal of a run that went fine. Only for
+    clusters vidfeat starts on this machine: a user's workers keep their logs and lives."""
+    import os
+    import signal
+
+    def mute() -> int:
         logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        return os.getpid()
 
     with suppress(Exception):  # a worker already gone has nothing left to say
-        client.run(mute)
+        for pid in client.run(mute).values():
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @contextmanager
