@@ -87,6 +87,32 @@ def test_a_rerun_with_nothing_to_do_starts_no_cluster(store: Path, corpus: Path,
     assert "3 already up to date" in capsys.readouterr().out
 
 
+DRIVER_MODULES = ["vidfeat.cli", "vidfeat.pipeline.run", "vidfeat.pipeline.prepare",
+                  "vidfeat.pipeline.corpus", "vidfeat.pipeline.confighash", "vidfeat.jobs.jobfile",
+                  "vidfeat.jobs.submit", "vidfeat.jobs.cluster", "vidfeat.storage.index",
+                  "vidfeat.storage.runs", "vidfeat.storage.inspect", "vidfeat.extractors.spec"]
+
+
+def test_the_driver_imports_no_torch_and_a_no_op_rerun_none_at_all(store: Path,
+                                                                      corpus: Path) -> None:
+    import subprocess
+    import sys
+
+    imports = "; ".join(f"import {module}" for module in DRIVER_MODULES)
+    check = "import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
+            "('torch', 'torchvision')))"
+    planning = subprocess.run([sys.executable, "-c", f"{imports}; {check}"],
+                              capture_output=True, text=True, check=True)
+    assert planning.stdout.strip() == "[]"
+    rerun = subprocess.run(
+        [sys.executable, "-c", "from vidfeat.cli import main; import sys; code = main(["
+         f"'extract', {str(corpus)!r}, '--store', {str(store)!r}, '--random-weights', "
+         f"'--no-progress']); {check}; sys.exit(code)"], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.splitlines()[-1] == "[]"
+    assert "3 already up to date" in rerun.stdout
+
+
 def test_shards_a_killed_driver_did_not_index_are_not_extracted_again(
         store: Path, corpus: Path, capsys: pytest.CaptureFixture) -> None:
     shards = sorted(store.rglob("*.h5"))

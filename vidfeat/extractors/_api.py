@@ -26,21 +26,15 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from vidfeat.errors import ConfigError
 from vidfeat.extractors.compiled import CompiledNetwork, channels_last
+from vidfeat.extractors.precision import Precision, check_precision  # noqa: F401 (public here)
 from vidfeat.extractors.weights import LoadedWeights
 from vidfeat.media.frames import Frame
 from vidfeat.media.probe import MediaInfo
 
 Modality = Literal["frames", "clips", "audio"]
-Precision = Literal["fp32", "bf16", "fp16"]
 #: model precision -> autocast dtype (fp32: no autocast, the reference-exact default)
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
                                               "fp16": torch.float16}
-
-
-def check_precision(precision: object) -> Precision:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision  # type: ignore[return-value]
 
 
 @dataclass

@@ -121,19 +121,26 @@ def torch_hub_checkpoints() -> list[Path]:
     return places if default in places else [*places, default]
 
 
-def locate(name: str, weights_dir: Path | None = None) -> Path:
-    """Where the file of ``name`` is: ``weights_dir`` first, then the cache, then torch.hub's
-    cache for files with a published hash (a torchvision user has them already; every use
-    verifies them, so only the published file can be used from there)."""
+def candidates(name: str, weights_dir: Path | None = None) -> list[Path]:
+    """Where ``locate`` looks for the file of ``name``, in order, and the pins beside them."""
     spec_ = spec(name)
     places = [Path(weights_dir)] if weights_dir else []
     places.append(home())
     if spec_.sha256:
         places += torch_hub_checkpoints()
-    for place in places:
-        candidate = place / spec_.filename
+    return [path for place in places
+            for path in (place / spec_.filename, place / (spec_.filename + PIN_SUFFIX))]
+
+
+def locate(name: str, weights_dir: Path | None = None) -> Path:
+    """Where the file of ``name`` is: ``weights_dir`` first, then the cache, then torch.hub's
+    cache for files with a published hash (a torchvision user has them already; every use
+    verifies them, so only the published file can be used from there)."""
+    spec_ = spec(name)
+    for candidate in candidates(name, weights_dir)[::2]:
         if candidate.is_file():
             return candidate
+    places = [Path(weights_dir)] if weights_dir else [home()]
     raise WeightsError(
         f"weights {name} not found: put {spec_.filename} in {places[0]} "
         f"(`vidfeat weights import {name} FILE`), fetch it with `vidfeat weights fetch {name}`, "

@@ -72,6 +72,13 @@ class ClusterSpec:
 
 
 def _visible_gpus() -> int:
+    """GPUs torch sees; 0 without importing torch on a machine with no NVIDIA driver (the
+    driver of a CPU machine then never imports torch)."""
+    import glob
+    import os
+
+    if not os.path.exists("/proc/driver/nvidia/version") and not glob.glob("/dev/nvidia[0-9]*"):
+        return 0
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

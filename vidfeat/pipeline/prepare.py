@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vidfeat.errors import ConfigError
-from vidfeat.extractors._api import check_precision
-from vidfeat.extractors.compiled import check_compiler
-from vidfeat.extractors.pool import ExtractorSpec, resolve_device
+from vidfeat.extractors.precision import check_precision
+from vidfeat.extractors.spec import ExtractorSpec
 from vidfeat.media import check_decoder
+from vidfeat.pipeline.confighash import ConfigHashes
 from vidfeat.pipeline.corpus import Rejected, VideoSource, fingerprint, scan
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.lock import StoreLock
@@ -195,6 +195,8 @@ def _specs(options: RunOptions) -> dict[str, ExtractorSpec]:
                                     options.random_weights, options.weights_dir, precision,
                                     compiled)
         if compiled:
+            from vidfeat.extractors.compiled import check_compiler
+
             check_compiler()  # the driver's machine; each worker checks its own before a build
     return specs
 
@@ -241,9 +243,13 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
     videos = corpus.videos
     specs = _specs(options)
     if options.device != "auto":
+        from vidfeat.extractors.pool import resolve_device
+
         resolve_device(options.device)  # refuse --device cuda on a machine without one now
-    hashes = {name: s.describe().config_hash() for name, s in specs.items()}
+    remembered = ConfigHashes(Path(store))
+    hashes = remembered.of(specs)
     store = create_store(store)
+    remembered.save(store)
     held = StoreLock(store, wait=options.wait_lock) if lock else None
     if held is not None:
         held.acquire()

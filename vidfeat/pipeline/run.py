@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vidfeat.pipeline.engine import outcomes
-from vidfeat.pipeline.execute import execute, register_plugin
 from vidfeat.pipeline.prepare import (
     EXIT_BROKEN,
     EXIT_FAILURES,
@@ -66,6 +64,8 @@ def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
         if not run.todo and not run.rejected:  # every video up to date: no cluster to start
             record(run.report.exit_code)
             return run.report
+        from vidfeat.pipeline.execute import execute, register_plugin  # torch: work to do
+
         record(None)
         with _first_interrupt_stops(stop) as spawning, contextlib.ExitStack() as stack:
             with spawning(), dask.config.set(
@@ -149,5 +149,4 @@ def _ignore_interrupts_plugin() -> object:
 
 
 __all__ = ["EXIT_BROKEN", "EXIT_FAILURES", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE",
-           "PreparedRun", "RunOptions", "RunReport", "execute", "outcomes", "prepare_run",
-           "run_extraction"]
+           "PreparedRun", "RunOptions", "RunReport", "prepare_run", "run_extraction"]
