@@ -235,12 +235,14 @@ class LoadedWeights:
     def random(self) -> bool:
         return self.state_dict is None
 
-    def load_into(self, model: nn.Module, extractor: str) -> None:
-        """Load with the exact key set the extractor expects; a mismatch names the keys."""
+    def load_into(self, model: nn.Module, extractor: str, assign: bool = False) -> None:
+        """Load with the exact key set the extractor expects; a mismatch names the keys.
+        ``assign``: the model's tensors become the loaded ones (a model built on the meta
+        device has none to copy into)."""
         if self.state_dict is None:
             raise WeightsError(f"{extractor}: random weights have no state dict to load")
         check_keys(self.state_dict, model, extractor, self.source)
-        model.load_state_dict(self.state_dict)
+        model.load_state_dict(self.state_dict, assign=assign)
 
     def auxiliary(self, name: str) -> Path | None:
         """A verified auxiliary file (e.g. PCA parameters); None with random weights."""
