@@ -129,10 +129,13 @@ class RunReport:
         return EXIT_FAILURES if self.failed else EXIT_OK
 
     def summary(self) -> str:
+        # an audio-only run, or one with nothing to do, decodes no frame: no frame rate
+        speed = (f"{self.frames} frames decoded in {self.seconds:.1f} s "
+                 f"({self.frames / max(self.seconds, 1e-9):.1f} frames/s)" if self.frames
+                 else f"{self.seconds:.1f} s")
         lines = [
             f"{self.videos} videos: {self.extracted} extracted, {self.up_to_date} already up to "
-            f"date, {len(self.failed_videos)} with failures; {self.frames} frames decoded in "
-            f"{self.seconds:.1f} s ({self.frames / max(self.seconds, 1e-9):.1f} frames/s)"
+            f"date, {len(self.failed_videos)} with failures; {speed}"
         ]
         # skips repeat on a large corpus (every silent video): one line per feature and reason
         skips: dict[tuple[str, str], list[str]] = {}

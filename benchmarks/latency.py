@@ -1,0 +1,120 @@
+"""What a run costs around the model: one short video, many one-second videos, a no-op rerun.
+
+    python benchmarks/latency.py [--videos 300] [--workers 2]
+
+Prints, measured in one run on this machine (random weights, fp32, default options):
+
+1. one 2 s 640x360 video, ResNet-152: a minimal program doing the same work in one process
+   (import torch and torchvision, build ResNet-152, decode the video with PyAV, preprocess
+   and embed its 2 frames at 1 fps) against `vidfeat extract` of it (wall, the whole
+   command); the goal is a ratio <= 1.3;
+2. ``--videos`` one-second videos against one of them, VGGish: the extra wall time per video
+   beyond the one-video run, next to the model time per video the run report records (the
+   goal: <= 30 ms per video beyond its model time);
+3. the no-op rerun of those videos (every one up to date; the goal: <= 2 s).
+
+Figures and the machine they were measured on are in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from vidfeat.media.tools import executable
+
+MINIMAL = """
+import av, torch, torchvision
+from torchvision.models import resnet152
+from torchvision.transforms._presets import ImageClassification
+torch.manual_seed(0)
+model = resnet152().eval()
+model.fc = torch.nn.Identity()
+transform = ImageClassification(crop_size=224, resize_size=256)
+frames, next_time = [], 0.0
+with av.open({path!r}) as container:
+    for frame in container.decode(video=0):
+        if frame.time >= next_time:
+            image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+            frames.append(transform(image))
+            next_time += 1.0
+with torch.inference_mode():
+    rows = model(torch.stack(frames)).numpy()
+print(rows.shape)
+"""
+
+
+def make_video(path: Path, seconds: float, size: str, audio: bool = True) -> Path:
+    inputs = ["-f", "lavfi", "-t", str(seconds), "-i", f"testsrc2=size={size}:rate=25"]
+    if audio:
+        inputs += ["-f", "lavfi", "-t", str(seconds), "-i", "sine=frequency=440:sample_rate=44100"]
+    subprocess.run([executable("ffmpeg"), "-nostdin", "-v", "error", "-y", *inputs,
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    *(["-c:a", "aac"] if audio else []), "-shortest", str(path)], check=True)
+    return path
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])}...: exit {result.returncode}\n"
+                           f"{result.stderr[-2000:]}")
+    return seconds
+
+
+def extract(sources: list[str], store: Path, feature: str, workers: int) -> float:
+    return timed([sys.executable, "-m", "vidfeat", "extract", *sources, "--store", str(store),
+                  "--features", feature, "--random-weights", "--no-progress",
+                  "--workers", str(workers)])
+
+
+def model_seconds(store: Path) -> float:
+    """The model seconds the newest run report records, summed over features."""
+    report = json.loads(sorted((store / "runs").glob("*.json"))[-1].read_text())
+    return sum(entry["seconds"] for entry in report["throughput"].values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="latency-"))
+    try:
+        one = make_video(work / "one.mp4", 2.0, "640x360", audio=False)
+        minimal = timed([sys.executable, "-c", MINIMAL.format(path=str(one))])
+        vidfeat_one = extract([str(one)], work / "one-store", "resnet152", 1)
+        print(f"one 2 s 640x360 video, resnet152: minimal program {minimal:.1f} s, "
+              f"vidfeat extract {vidfeat_one:.1f} s: {vidfeat_one / minimal:.2f}x")
+
+        corpus = work / "corpus"
+        corpus.mkdir()
+        first = make_video(corpus / "v00000.mp4", 1.0, "320x240")
+        for number in range(1, args.videos):
+            shutil.copy(first, corpus / f"v{number:05d}.mp4")  # same content, own ids
+        single = extract([str(first)], work / "single-store", "vggish", args.workers)
+        single_model = model_seconds(work / "single-store")
+        many = extract([str(corpus)], work / "many-store", "vggish", args.workers)
+        many_model = model_seconds(work / "many-store")
+        extra = (many - single) / (args.videos - 1)
+        print(f"vggish, {args.videos} one-second videos: {many:.1f} s; one of them: "
+              f"{single:.1f} s; {1000 * extra:.0f} ms per extra video, of which model "
+              f"{1000 * many_model / args.videos:.0f} ms (one video's: "
+              f"{1000 * single_model:.0f} ms); beyond the model: "
+              f"{1000 * (extra - many_model / args.videos):.0f} ms per video")
+        rerun = extract([str(corpus)], work / "many-store", "vggish", args.workers)
+        print(f"no-op rerun of {args.videos} videos: {rerun:.2f} s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
