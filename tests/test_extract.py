@@ -128,6 +128,21 @@ def test_shards_a_killed_driver_did_not_index_are_not_extracted_again(
     assert sorted(vidfeat.open_store(str(store)).videos()) == ["clip", "silent", "talk"]
 
 
+def test_any_legal_file_name_is_stored(tmp_path: Path) -> None:
+    # a 240-byte name once made the shard's temporary name pass NAME_MAX (255 bytes): the
+    # whole run broke (exit 3) and no video of its task was stored; packs are named by hash
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    names = ["x" * 236 + ".mp4", "é spaced . name.mp4", "-leading dash.mp4"]
+    make_video(corpus / names[0], seconds=1.0)
+    for name in names[1:]:
+        shutil.copy(corpus / names[0], corpus / name)
+    store = tmp_path / "store"
+    assert main(["extract", str(corpus), "--store", str(store), "--workers", "1",
+                 "--random-weights", "--no-progress", "--features", "vggish"]) == 0
+    assert vidfeat.open_store(str(store)).videos() == sorted(Path(n).stem for n in names)
+
+
 def test_same_video_twice_gives_same_features(corpus: Path, tmp_path: Path) -> None:
     twins = tmp_path / "twins"
     twins.mkdir()
