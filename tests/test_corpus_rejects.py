@@ -51,3 +51,14 @@ def test_limit_counts_rejected_paths_in_order(tmp_path: Path):
     corpus = scan([str(tmp_path)], limit=2)
     assert [v.video_id for v in corpus.videos] == ["a"]
     assert [r.video_id for r in corpus.rejected] == ["b"]
+
+
+def test_a_list_entry_deleted_since_is_that_videos_failure(tmp_path: Path):
+    make_video(tmp_path / "kept.mp4", seconds=0.5, audio=False)
+    listed = tmp_path / "tonight.txt"
+    listed.write_text("kept.mp4\ngone.mp4\n")
+    corpus = scan([f"@{listed}"])
+    assert corpus.videos == [VideoSource("kept", str(tmp_path / "kept.mp4"))]
+    assert corpus.rejected == [Rejected("gone", str(tmp_path / "gone.mp4"), "not found")]
+    with pytest.raises(ConfigError, match="gone.mp4: no such file or directory"):
+        scan([str(tmp_path / "gone.mp4")])  # named on the command line: a usage error

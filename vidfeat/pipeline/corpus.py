@@ -60,15 +60,22 @@ def _from_list(list_file: Path) -> list[Path]:
 def _expand(source: str) -> list[Path]:
     if source.startswith("@"):
         entries = _from_list(Path(source[1:]).expanduser())
-        return [path for entry in entries for path in _expand_path(entry)]
+        # a nightly list is written before the run: an entry deleted since is that video's
+        # failure ("not found", in scan), not the run's
+        return [path for entry in entries
+                for path in (_expand_path(entry) if _exists(entry) else [entry])]
     return _expand_path(Path(source).expanduser())
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
 
 
 def _expand_path(path: Path) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.rglob("*")
                       if p.suffix.lower() in VIDEO_EXTENSIONS and not p.is_dir())
-    if path.exists() or path.is_symlink():
+    if _exists(path):
         return [path]  # a FIFO, device or broken link named directly is rejected in scan()
     raise ConfigError(f"{path}: no such file or directory")
 
@@ -80,7 +87,7 @@ def not_a_video_file(path: Path) -> str | None:
     except FileNotFoundError:
         if path.is_symlink():
             return f"a broken symbolic link (to {os.readlink(path)})"
-        return "no such file"
+        return "not found"
     except OSError as error:
         return f"cannot be read: {error.strerror}"
     if stat.S_ISREG(mode):
