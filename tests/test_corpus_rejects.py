@@ -62,3 +62,17 @@ def test_a_list_entry_deleted_since_is_that_videos_failure(tmp_path: Path):
     assert corpus.rejected == [Rejected("gone", str(tmp_path / "gone.mp4"), "not found")]
     with pytest.raises(ConfigError, match="gone.mp4: no such file or directory"):
         scan([str(tmp_path / "gone.mp4")])  # named on the command line: a usage error
+
+
+def test_directory_scans_find_archive_formats_and_extensions_choose_them(tmp_path: Path):
+    for name in ("tape.dv", "broadcast.mxf", "disc.m2ts", "dvd.VOB", "clip.mp4"):
+        (tmp_path / name).write_bytes(b"not decoded here")
+    (tmp_path / "notes.txt").write_text("not a video")
+    assert sorted(v.video_id for v in scan([str(tmp_path)]).videos) == [
+        "broadcast", "clip", "disc", "dvd", "tape"]
+    chosen = scan([str(tmp_path)], extensions=["DV", ".m2ts"]).videos
+    assert sorted(v.video_id for v in chosen) == ["disc", "tape"]
+    named = scan([str(tmp_path / "notes.txt")], extensions=[".dv"]).videos  # named: tried
+    assert [v.video_id for v in named] == ["notes"]
+    with pytest.raises(ConfigError, match="--extensions names no extension"):
+        scan([str(tmp_path)], extensions=[" ", "."])

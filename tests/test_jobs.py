@@ -218,9 +218,10 @@ def test_run_options_of_the_extract_flags_are_job_file_keys_and_flags_override_t
     from vidfeat.cli import build_parser, extract_job
 
     path = _write(tmp_path, {**MINIMAL, "task_timeout": 1800, "wait_lock": 30,
-                             "retry_failed": True})
+                             "retry_failed": True, "extensions": [".dv", ".mxf"]})
     options = load_job(path).options()
     assert (options.task_timeout, options.wait_lock, options.retry_failed) == (1800, 30, True)
+    assert options.extensions == [".dv", ".mxf"]
 
     def extract_options(*flags: str) -> object:
         return extract_job(build_parser().parse_args(["extract", "--config", str(path),
@@ -228,8 +229,8 @@ def test_run_options_of_the_extract_flags_are_job_file_keys_and_flags_override_t
 
     options = extract_options()  # flags not given leave the file's values
     assert (options.task_timeout, options.wait_lock, options.retry_failed) == (1800, 30, True)
-    options = extract_options("--task-timeout", "60", "--wait-lock", "5")
-    assert (options.task_timeout, options.wait_lock) == (60, 5)
+    options = extract_options("--task-timeout", "60", "--wait-lock", "5", "--extensions", "MOD")
+    assert (options.task_timeout, options.wait_lock, options.extensions) == (60, 5, ["MOD"])
     assert extract_options("--wait-lock").wait_lock is None  # alone: as long as it takes
     path.write_text(yaml.safe_dump({**MINIMAL, "wait_lock": float("inf")}))  # .inf
     assert load_job(path).options().wait_lock is None

@@ -94,6 +94,7 @@ def _extract_flags(args: argparse.Namespace) -> dict:
         limit=args.limit, progress=False if args.no_progress else None,
         wait_lock=args.wait_lock, task_timeout=args.task_timeout,
         retry_failed=args.retry_failed or None,
+        extensions=args.extensions.split(",") if args.extensions else None,
     )
 
 
@@ -390,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--task-timeout", type=float, metavar="SECONDS",
                          help="abandon a task running longer (a hung decode): its videos are "
                               "recorded as failed, its worker restarted, the run goes on")
+    extract.add_argument("--extensions", metavar=".EXT,...",
+                         help="what a directory scan takes for a video (default: the common "
+                              "video extensions, .dv .mxf .m2ts .vob ... included); files named "
+                              "on the command line or in a list are tried whatever theirs")
     extract.add_argument("--retry-failed", action="store_true",
                          help="extract again only what the store lists as failed "
                               "(vidfeat inspect STORE --failures)")

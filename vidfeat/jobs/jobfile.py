@@ -18,7 +18,7 @@ from vidfeat.pipeline.run import RunOptions
 #: ``-`` as ``_``)
 _RUN_KEYS = ("device", "random_weights", "dtype", "batch_size", "precision", "compile",
              "decoder", "decode_threads", "segment_seconds", "overwrite", "limit", "progress",
-             "wait_lock", "task_timeout", "retry_failed")
+             "wait_lock", "task_timeout", "retry_failed", "extensions")
 #: paths inside a backend's section, relative to the job file like every other path
 _BACKEND_PATHS = ("log_directory", "local_directory")
 _GLOB_CHARACTERS = frozenset("*?[")

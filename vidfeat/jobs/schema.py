@@ -96,6 +96,8 @@ JOB_SCHEMA: dict[str, Any] = _section({
                   "expected": "a number of seconds >= 0 (.inf: as long as it takes)"},
     "task_timeout": _SECONDS,
     "retry_failed": {"type": "boolean", "expected": "true or false"},
+    "extensions": {"type": "array", "items": {"type": "string", "pattern": r"^\.?[\w.-]+$"},
+                   "minItems": 1, "expected": "a list of file extensions, e.g. [.mp4, .mkv]"},
     "cluster": _section({
         "local": _section({"workers": _COUNT, "threads_per_worker": _POSITIVE_INT,
                            "gpus": {"type": ["integer", "string"], "minimum": 0,

@@ -11,9 +11,12 @@ from pathlib import Path
 
 from vidfeat.errors import ConfigError
 
+#: what a directory scan takes for a video (``--extensions`` replaces the set); a file named
+#: on the command line or in a list is tried whatever its extension
 VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".flv",
-    ".wmv", ".3gp", ".ogv",
+    ".mp4", ".m4v", ".mov", ".qt", ".mkv", ".webm", ".avi", ".divx", ".mpg", ".mpeg", ".m2v",
+    ".vob", ".mod", ".tod", ".ts", ".mts", ".m2ts", ".m2t", ".trp", ".flv", ".f4v", ".wmv",
+    ".asf", ".3gp", ".3g2", ".ogv", ".dv", ".mxf", ".rm", ".rmvb", ".nut", ".y4m", ".mjpeg",
 })
 _SAMPLE = 1 << 20
 
@@ -57,24 +60,24 @@ def _from_list(list_file: Path) -> list[Path]:
     return paths
 
 
-def _expand(source: str) -> list[Path]:
+def _expand(source: str, extensions: frozenset[str]) -> list[Path]:
     if source.startswith("@"):
         entries = _from_list(Path(source[1:]).expanduser())
         # a nightly list is written before the run: an entry deleted since is that video's
         # failure ("not found", in scan), not the run's
         return [path for entry in entries
-                for path in (_expand_path(entry) if _exists(entry) else [entry])]
-    return _expand_path(Path(source).expanduser())
+                for path in (_expand_path(entry, extensions) if _exists(entry) else [entry])]
+    return _expand_path(Path(source).expanduser(), extensions)
 
 
 def _exists(path: Path) -> bool:
     return path.exists() or path.is_symlink()
 
 
-def _expand_path(path: Path) -> list[Path]:
+def _expand_path(path: Path, extensions: frozenset[str]) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.rglob("*")
-                      if p.suffix.lower() in VIDEO_EXTENSIONS and not p.is_dir())
+                      if p.suffix.lower() in extensions and not p.is_dir())
     if _exists(path):
         return [path]  # a FIFO, device or broken link named directly is rejected in scan()
     raise ConfigError(f"{path}: no such file or directory")
@@ -99,18 +102,30 @@ def not_a_video_file(path: Path) -> str | None:
     return f"not a regular file: {kind}"
 
 
-def scan(sources: list[str], limit: int | None = None) -> Corpus:
-    """Videos named by ``sources`` (files, directories searched recursively for video
-    extensions, ``@list.txt`` files), in the order given, each once, with ids = file names
-    without extension; paths that are no regular files are returned as rejected, with the
-    reason. ``limit`` counts both. Two different files with one id are a ConfigError naming
-    both; so is finding nothing at all."""
+def extension_set(extensions: list[str] | None) -> frozenset[str]:
+    """``--extensions`` as a set (".MKV" and "mkv" are ".mkv"); None: VIDEO_EXTENSIONS."""
+    if extensions is None:
+        return VIDEO_EXTENSIONS
+    chosen = frozenset("." + e.strip().lower().lstrip(".") for e in extensions if e.strip())
+    if not chosen or "." in chosen:
+        raise ConfigError(f"--extensions names no extension: {extensions!r}")
+    return chosen
+
+
+def scan(sources: list[str], limit: int | None = None,
+         extensions: list[str] | None = None) -> Corpus:
+    """Videos named by ``sources`` (files, directories searched recursively for
+    ``extensions``, by default VIDEO_EXTENSIONS, ``@list.txt`` files), in the order given,
+    each once, with ids = file names without extension; paths that are no regular files, or
+    list entries gone, are returned as rejected, with the reason. ``limit`` counts both. Two
+    different files with one id are a ConfigError naming both; so is finding nothing at all."""
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
+    wanted = extension_set(extensions)
     found: list[VideoSource | Rejected] = []
     by_id: dict[str, str] = {}
     for source in sources:
-        for path in _expand(source):
+        for path in _expand(source, wanted):
             absolute = str(path.resolve())
             video_id = path.stem
             if video_id in by_id:

@@ -22,7 +22,7 @@ from vidfeat.extractors.precision import check_precision
 from vidfeat.extractors.spec import ExtractorSpec
 from vidfeat.media import check_decoder
 from vidfeat.pipeline.confighash import ConfigHashes
-from vidfeat.pipeline.corpus import Rejected, VideoSource, fingerprint, scan
+from vidfeat.pipeline.corpus import Rejected, VideoSource, extension_set, fingerprint, scan
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.lock import StoreLock
 from vidfeat.storage.schema import INDEX_FILE, SHARD_DIR, Outcome
@@ -67,6 +67,8 @@ class RunOptions:
     task_timeout: float | None = None
     #: extract again only the features the store lists as failed
     retry_failed: bool = False
+    #: what a directory scan takes for a video (None: corpus.VIDEO_EXTENSIONS)
+    extensions: list[str] | None = None
 
     def check(self) -> None:
         if not self.features:
@@ -88,6 +90,7 @@ class RunOptions:
             raise ConfigError(f"--task-timeout must be positive, got {self.task_timeout:g}")
         if self.wait_lock is not None and not self.wait_lock >= 0:
             raise ConfigError(f"--wait-lock must be at least 0, got {self.wait_lock:g}")
+        extension_set(self.extensions)
 
 
 @dataclass
@@ -242,7 +245,7 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
     (``PreparedRun.release``). ``options.retry_failed``: only the features the index records
     as failed for these videos."""
     options.check()
-    corpus = scan(sources)
+    corpus = scan(sources, extensions=options.extensions)
     videos = corpus.videos
     specs = _specs(options)
     if options.device != "auto":
