@@ -346,13 +346,15 @@ def test_globs_and_list_files_relative_to_the_job_file(corpus: Path, tmp_path: P
     assert "to do: clip resnet152" in plan and "to do: talk resnet152" in plan
     job.write_text(yaml.safe_dump({"sources": ["videos/*.avi"], "store": "store",
                                    "features": ["resnet152"], "random_weights": True}))
-    assert main(["submit", "--dry-run", str(job)]) == 2
+    assert main(["submit", str(job)]) == 2
     assert "job.yaml: sources[0]: " in capsys.readouterr().err
+    assert main(["submit", "--dry-run", str(job)]) == 0  # planned where the job runs
+    assert "videos: not planned on this machine (" in capsys.readouterr().out
 
 
 def test_dry_run_prints_plan_and_job_script_and_starts_nothing(
         corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture) -> None:
+        capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
     job = write_job(tmp_path / "job.yaml", [str(corpus)], tmp_path / "store", {"slurm": {
         "walltime": "00:30:00", "cores": 2, "memory": "4GB", "jobs": 3}})
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: a dry run submits nothing
@@ -360,6 +362,15 @@ def test_dry_run_prints_plan_and_job_script_and_starts_nothing(
     out = capsys.readouterr().out
     assert "videos: 3 found, 3 to extract, 0 already up to date" in out
     assert "to do: talk resnet152,vggish" in out and "#SBATCH -t 00:30:00" in out
+    # a login node with neither the videos nor the weights: the script, and a warning
+    job = write_job(tmp_path / "later.yaml", [str(tmp_path / "not-yet")], tmp_path / "store2",
+                    {"slurm": {"walltime": "00:30:00", "cores": 2, "memory": "4GB"}},
+                    random_weights=False)
+    assert main(["submit", "--dry-run", str(job)]) == 0
+    captured = capsys.readouterr()
+    assert "#SBATCH -t 00:30:00" in captured.out
+    assert "videos: not planned on this machine (" in captured.out
+    assert "not-yet: no such file or directory" in caplog.text  # a warning, on stderr
 
 
 def _free_port() -> int:

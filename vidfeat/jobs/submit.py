@@ -4,14 +4,17 @@ input), open the cluster, execute; or, for a dry run, say what would be done."""
 from __future__ import annotations
 
 import json
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from vidfeat.errors import ConfigError, StoreError, WeightsError
 from vidfeat.jobs.cluster import ClusterSpec, open_client
 from vidfeat.jobs.jobfile import Job
 from vidfeat.pipeline.run import RunOptions, RunReport, prepare_run, run_extraction
 
+log = logging.getLogger(__name__)
 #: videos listed one by one in a dry run's plan before "... and N more"
 PLAN_LISTED = 20
 
@@ -46,7 +49,8 @@ def submit_to_kubernetes(job: Job) -> list[str]:
 def dry_run(job: Job) -> str:
     """The resolved plan (videos to do, already done) and, for a batch system, the job script
     each worker job runs, for Kubernetes the manifests. Starts nothing; prepares the store
-    directory (created when missing) to compare the videos with it."""
+    directory (created when missing) to compare the videos with it. Videos, weights or a store
+    this machine lacks (a login node) leave the plan out, with a warning, not the script."""
     cluster = job.cluster.resolved()
     lines = [f"job: {job.origin}", f"cluster: {_describe_cluster(cluster)}",
              f"store: {job.store}"]
@@ -62,7 +66,13 @@ def dry_run(job: Job) -> str:
         lines.append("videos: listed by the job pod inside the cluster (the paths are the "
                      "containers')")
     else:
-        lines += _plan(job, options)
+        try:
+            lines += _plan(job, options)
+        except (ConfigError, WeightsError, StoreError, OSError) as error:
+            # a login node often has neither the videos nor the weights yet: the job script
+            # is still worth seeing, and the job checks them where it runs
+            log.warning("videos not planned on this machine: %s", error)
+            lines.append(f"videos: not planned on this machine ({error})")
     if cluster.kind in ("slurm", "pbs"):
         from vidfeat.jobs.jobqueue import PLACEHOLDER_SCHEDULER, job_script
 
