@@ -57,8 +57,13 @@ def write_durably(temp: Path, content: bytes, path: Path) -> None:
 
 def fsync_directory(directory: Path) -> None:
     # makes a rename itself durable; some filesystems refuse to open a directory: not fatal
+    fsync_path(directory)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or directory by path; one that cannot be opened (absent) is skipped."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:

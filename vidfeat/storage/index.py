@@ -37,7 +37,7 @@ import h5py
 
 from vidfeat.errors import StoreError, StoreFullError
 from vidfeat.storage.attrs import json_default, python_value
-from vidfeat.storage.files import TEMP_SUFFIX, disk_full_as_store_error
+from vidfeat.storage.files import TEMP_SUFFIX, disk_full_as_store_error, fsync_path
 from vidfeat.storage.layout import read_contents
 from vidfeat.storage.schema import (
     INDEX_FILE,
@@ -280,14 +280,7 @@ class StoreIndex:
         """fsync the index and its write-ahead log: commits made with synchronous=NORMAL
         survive a power failure from here on (a checkpoint would wait for every reader)."""
         for path in (self.path, self.path.with_name(self.path.name + "-wal")):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(path)
 
     def _known_shards(self, relpaths: list[str]) -> set[str]:
         known: set[str] = set()
