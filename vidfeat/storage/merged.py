@@ -120,8 +120,12 @@ class MergedIndex:
         raise KeyError(f"{entry.video_id}/{entry.feature}")
 
     def ok_videos(self) -> list[str]:
-        ids = self.videos_table.fields(["video_id", "ok"])[()]
-        return sorted(_text(v) for v, ok in zip(ids["video_id"], ids["ok"], strict=True) if ok)
+        ids: list[str] = []
+        columns = self.videos_table.fields(["video_id", "ok"])
+        for start in range(0, self.videos_table.shape[0], TABLE_CHUNK):  # a chunk in memory
+            rows = columns[start:start + TABLE_CHUNK]
+            ids += [_text(v) for v, ok in zip(rows["video_id"], rows["ok"], strict=True) if ok]
+        return sorted(ids)
 
     def iter_entries(self) -> Iterator[FeatureEntry]:
         for start in range(0, self.entries_table.shape[0], TABLE_CHUNK):
