@@ -19,7 +19,9 @@ MIN_TASK_SECONDS = 10.0
 MAX_TASK_SECONDS = 600.0
 #: tasks per task slot: enough for the dynamic scheduling to even out the slots' loads
 TASKS_PER_SLOT = 3
-MAX_UNITS_PER_TASK = 64
+#: a task's finished videos are one shard: 128 units (a short video's visual and audio units
+#: are two) keep a large corpus of short videos at 50-64 videos a file
+MAX_UNITS_PER_TASK = 128
 
 
 @dataclass(frozen=True)
