@@ -329,10 +329,6 @@ class StoreIndex:
         return {"video_id": video_id, "shard": shard, "fingerprint": fingerprint,
                 "source_path": source_path, "attrs": json.loads(attrs)}
 
-    def videos(self) -> dict[str, dict[str, Any]]:
-        """Every indexed video's attributes, by video id (all in memory: see iter_videos)."""
-        return dict(self.iter_videos())
-
     def iter_videos(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """(video id, attributes) of every indexed video, in video id order, streamed."""
         for video_id, attrs in self._db().execute(
