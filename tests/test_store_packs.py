@@ -127,9 +127,10 @@ def test_a_video_extracted_again_into_a_newer_pack_wins(store: Path):
         assert {e.shard for e in reader.entries()} == {newest.relpath}
 
 
-def _write_packs(store: str, writer: int, done: multiprocessing.Queue | None) -> None:
+def _write_packs(store: str, writer: int, done: multiprocessing.Queue | None,
+                 packs: int = 6) -> None:
     index = StoreIndex(store)
-    for k in range(6):
+    for k in range(packs):
         shard = write_shard(store, None, [video(f"w{writer}-{k}-{j}",
                                                 ok("resnet152", rows(2, 8, k))) for j in range(5)]
                             + [video("shared", ok("resnet152", rows(3, 8, writer)))])
@@ -156,8 +157,8 @@ def test_two_runs_writing_packs_at_once(store: Path):
 
 def test_a_writer_killed_mid_pack_leaves_no_partial_shard_and_loses_nothing(store: Path):
     done: multiprocessing.Queue = multiprocessing.get_context("fork").Queue()
-    writer = multiprocessing.get_context("fork").Process(
-        target=_write_packs, args=(str(store), 0, done))
+    writer = multiprocessing.get_context("fork").Process(  # still writing when killed
+        target=_write_packs, args=(str(store), 0, done, 1000))
     writer.start()
     indexed = [done.get(timeout=60) for _ in range(2)]
     os.kill(writer.pid, signal.SIGKILL)
