@@ -18,18 +18,14 @@ from collections.abc import Callable, Iterator
 from itertools import groupby
 from pathlib import Path
 
-import h5py
-
 from vidfeat.errors import StoreError
-from vidfeat.storage.attrs import read_attrs
 from vidfeat.storage.index import StoreIndex
-from vidfeat.storage.layout import ENTRY_KEYS, check_schema_version, feature_attrs, read_index
+from vidfeat.storage.layout import ENTRY_KEYS, check_schema_version
+from vidfeat.storage.reader import FeatureStore
 from vidfeat.storage.schema import (
-    INDEX_NODE,
     JOURNAL_DIR,
     SCHEMA_VERSION,
     SHARD_DIR,
-    VIDEOS_GROUP,
     FeatureEntry,
     FeatureRecord,
     VideoRecord,
@@ -66,16 +62,17 @@ def _schema_1_to_2(directory: Path) -> None:
     try:
         index.rebuild()
         before = index.shards()
+    finally:
+        index.close()
+    with FeatureStore(directory) as store:  # reads schema 1 shards, and packs already written
         pack: list[VideoRecord] = []
-        for video in _videos(directory, index):
+        for video in _videos(store):
             pack.append(video)
             if len(pack) == VIDEOS_PER_PACK:
                 write_into(directory, None, pack, dtype=None)
                 pack = []
         if pack:
             write_into(directory, None, pack, dtype=None)
-    finally:
-        index.close()
     for relpath in before:
         (directory / relpath).unlink(missing_ok=True)
     for folder in sorted((directory / SHARD_DIR).rglob("*"), reverse=True):
@@ -84,41 +81,21 @@ def _schema_1_to_2(directory: Path) -> None:
     shutil.rmtree(directory / JOURNAL_DIR, ignore_errors=True)
 
 
-def _videos(directory: Path, index: StoreIndex) -> Iterator[VideoRecord]:
-    """Each indexed video with its newest entries, read from the shards they are in."""
-    handles: dict[str, h5py.File] = {}
-    try:
-        for video_id, entries in groupby(index.iter_entries(), key=lambda e: e.video_id):
-            records = [_record(directory, handles, entry) for entry in entries]
-            known = index.video(video_id)
-            yield VideoRecord(video_id, known["attrs"] if known else {}, records)
-            if len(handles) > 64:
-                for handle in handles.values():
-                    handle.close()
-                handles.clear()
-    finally:
-        for handle in handles.values():
-            handle.close()
+def _videos(store: FeatureStore) -> Iterator[VideoRecord]:
+    """Each indexed video with its newest entries, as records to write again."""
+    for video_id, entries in groupby(store.iter_entries(), key=lambda e: e.video_id):
+        yield VideoRecord(video_id, store.attrs(video_id),
+                          [_record(store, entry) for entry in entries])
 
 
-def _record(directory: Path, handles: dict[str, h5py.File], entry: FeatureEntry
-            ) -> FeatureRecord:
-    """An entry as a record to write again: from a schema 1 shard (attributes on its group)
-    or from a pack an interrupted migration wrote (attributes in its ``/index``)."""
-    if entry.shard not in handles:
-        handles[entry.shard] = h5py.File(directory / entry.shard, "r", locking=False)
-    h5 = handles[entry.shard]
-    path = f"{VIDEOS_GROUP}/{entry.video_id}/{entry.feature}"
-    if isinstance(h5.get(INDEX_NODE), h5py.Dataset):
-        attrs = feature_attrs(read_index(h5), entry.video_id, entry.feature)
-    else:
-        attrs = read_attrs(h5[path])
-    attrs = {k: v for k, v in attrs.items() if k not in ENTRY_KEYS}
+def _record(store: FeatureStore, entry: FeatureEntry) -> FeatureRecord:
+    video_id, feature = entry.video_id, entry.feature
+    attrs = {k: v for k, v in store.attrs(video_id, feature).items() if k not in ENTRY_KEYS}
     if entry.status != "ok":
-        return FeatureRecord(entry.feature, entry.status, entry.reason,  # type: ignore[arg-type]
+        return FeatureRecord(feature, entry.status, entry.reason,  # type: ignore[arg-type]
                              attrs=attrs)
-    return FeatureRecord(entry.feature, "ok", entry.reason, data=h5[path]["data"][()],
-                         times=h5[path]["times"][()], attrs=attrs)
+    return FeatureRecord(feature, "ok", entry.reason, data=store.get(video_id, feature, None),
+                         times=store.times(video_id, feature), attrs=attrs)
 
 
 MIGRATIONS: dict[int, Callable[[Path], None]] = {1: _schema_1_to_2}
