@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_store import StoreDataset
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.merge import merge, part_paths
 from vidfeat.storage.migrate import migrate
@@ -299,22 +300,10 @@ def test_merged_parts_are_self_contained_and_split_the_videos(store: Path, tmp_p
         assert h5["index/entries"].dtype.names[:2] == ("video_id", "feature")
 
 
-class _Reads(torch.utils.data.Dataset):
-    def __init__(self, path: Path) -> None:
-        self.store = open_store(path)
-        self.ids = self.store.videos()
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, position: int) -> np.ndarray:
-        return self.store.get(self.ids[position], "resnet152")
-
-
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_dataloader_workers_read_a_merged_file(store: Path, tmp_path: Path, start_method: str):
     StoreIndex(store).add([write_shard(store, None, mixed_pack("v", 12))])
-    dataset = _Reads(merge(store, tmp_path / "m.h5"))
+    dataset = StoreDataset(merge(store, tmp_path / "m.h5"))
     expected = [dataset[i] for i in range(len(dataset))]  # the parent has it open first
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2,
                                          multiprocessing_context=start_method)
