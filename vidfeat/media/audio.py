@@ -79,7 +79,15 @@ def iter_audio(info: MediaInfo, *, sample_rate: int = SAMPLE_RATE,
 
 class _Continuity:
     """Finds lost samples: undecodable packets, and frames that do not start where the previous
-    one ended. Times are seconds on the stream's clock."""
+    one ended. Times are seconds on the stream's clock.
+
+    Not lost: the codec's start padding. Packets that decode to nothing or to a trimmed frame
+    before the first output (WMA's two, Vorbis's first, Opus's pre-skip in a file cut
+    mid-stream) leave the first frame after the stream's start by at most their duration:
+    that span is ``leading`` (the decode fills it with silence so every sample keeps its
+    presentation time). Nor is a frame stamped off the line its neighbours keep: Ogg stamps
+    Vorbis packets around a block-size switch up to ~10 ms off and the next frame is back on
+    the sample count, where after a real hole the timestamps stay shifted."""
 
     def __init__(self, time_base: float, expected_start: float | None) -> None:
         self.time_base = time_base
@@ -87,16 +95,58 @@ class _Continuity:
         self.spans: list[tuple[float, float]] = []
         self.undecodable = 0
         self.longest_frame = 0.0
+        self.leading = 0.0
+        self.decoded_end: float | None = None
+        self.packets_end: float | None = None
+        self._before_first: list[float | None] = []  # durations of packets demuxed so far
+        self._first_seen = False
+        # a jump the next frame may take back: (the span it would lose, where counting puts
+        # the next frame)
+        self._suspect: tuple[tuple[float, float], float] | None = None
+
+    def packet(self, packet: av.Packet) -> None:
+        if packet.pts is None:
+            return
+        duration = (packet.duration or 0) * self.time_base
+        end = packet.pts * self.time_base + duration
+        self.packets_end = end if self.packets_end is None else max(self.packets_end, end)
+        if not self._first_seen:
+            self._before_first.append(duration or None)
 
     def frame(self, frame: av.AudioFrame) -> None:
         length = frame.samples / frame.sample_rate
+        self.longest_frame = max(self.longest_frame, length)
         start = frame.pts * self.time_base if frame.pts is not None else self.expected
         if start is None:
             start = 0.0
-        if self.expected is not None and abs(start - self.expected) > GAP_TOLERANCE_S:
-            self.spans.append((min(start, self.expected), max(start, self.expected)))
+        if not self._first_seen:
+            self._first_seen = True
+            self._first(start)
+        elif self._suspect is not None:
+            span, counted = self._suspect
+            self._suspect = None
+            if abs(start - counted) > GAP_TOLERANCE_S:
+                self.spans.append(span)
+                self._check(start, length)
+        else:
+            self._check(start, length)
         self.expected = start + length
-        self.longest_frame = max(self.longest_frame, length)
+        self.decoded_end = self.expected
+
+    def _first(self, start: float) -> None:
+        if self.expected is None:  # after a seek: nothing to compare with
+            return
+        gap = start - self.expected
+        primed = sum(d if d is not None else self.longest_frame for d in self._before_first)
+        if 0 < gap <= primed + GAP_TOLERANCE_S and not self.undecodable:
+            self.leading = gap
+        elif abs(gap) > GAP_TOLERANCE_S:
+            self.spans.append((min(start, self.expected), max(start, self.expected)))
+
+    def _check(self, start: float, length: float) -> None:
+        if self.expected is not None and abs(start - self.expected) > GAP_TOLERANCE_S:
+            span = (min(start, self.expected), max(start, self.expected))
+            self._suspect = (span, self.expected + length)
 
     def packet_failed(self, packet: av.Packet) -> None:
         self.undecodable += 1
@@ -105,9 +155,16 @@ class _Continuity:
             self.spans.append((start, start + (packet.duration or 0) * self.time_base))
 
     def stream_ended(self, end: float | None) -> None:
-        """``end``: where the stream says it ends; a shortfall of more than a frame is lost."""
+        """``end``: where the stream says it ends; a shortfall of more than a frame is lost,
+        beyond what the decoder trimmed from the last packet (Opus's end padding)."""
+        if self._suspect is not None:
+            self.spans.append(self._suspect[0])
+            self._suspect = None
         if end is not None and self.expected is not None:
-            if end - self.expected > max(GAP_TOLERANCE_S, self.longest_frame):
+            trimmed = 0.0
+            if self.packets_end is not None:
+                trimmed = min(max(self.packets_end - self.expected, 0.0), self.longest_frame)
+            if end - self.expected > max(GAP_TOLERANCE_S, self.longest_frame) + trimmed:
                 self.spans.append((self.expected, end))
 
     def merged(self, offset: float) -> list[tuple[float, float]]:
@@ -188,7 +245,7 @@ class _AudioDecode:
                          else (origin or 0.0) + self.stop_sample / self.sample_rate)
             frames = self._frames(container, stream, continuity)
             if first_output is None:
-                resampled = self._resample_all(frames)
+                resampled = self._resample_all(frames, continuity)
             else:
                 resampled = self._resample_from(frames, origin, first_output)
             for first, samples in resampled:
@@ -224,6 +281,7 @@ class _AudioDecode:
                 continuity: _Continuity) -> Iterator[av.AudioFrame]:
         try:
             for packet in container.demux(stream):
+                continuity.packet(packet)
                 try:
                     decoded = packet.decode()
                 except av.FFmpegError:
@@ -236,11 +294,18 @@ class _AudioDecode:
             raise DecodeError(f"{self.path}: audio demux failed at "
                               f"{continuity.expected or 0:.3f} s: {error}") from error
 
-    def _resample_all(self, frames: Iterator[av.AudioFrame]) -> Iterator[tuple[int, np.ndarray]]:
-        """From the stream's first sample: output sample k is k / sample_rate after it."""
+    def _resample_all(self, frames: Iterator[av.AudioFrame], continuity: _Continuity
+                      ) -> Iterator[tuple[int, np.ndarray]]:
+        """From the stream's start: output sample k is k / sample_rate after it. The codec's
+        start padding before the first decoded frame (``continuity.leading``) is silence."""
         resampler = av.AudioResampler(format="flt", rate=self.sample_rate)
         position = 0
         for frame in frames_or_none(frames):
+            if position == 0 and continuity.leading:
+                silence = round(continuity.leading * self.sample_rate)
+                if silence:
+                    yield 0, np.zeros(silence, np.float32)
+                    position = silence
             for samples in _mono(resampler.resample(frame)):
                 yield position, samples
                 position += len(samples)
@@ -283,9 +348,13 @@ class _AudioDecode:
         if tag:  # Matroska: "HH:MM:SS.nnnnnnnnn"
             try:
                 hours, minutes, seconds = tag.split(":")
-                return start + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+                length = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
             except ValueError:
                 return None
+            # FFmpeg writes the track's end time here, mkvmerge its length (end - start): the
+            # two agree only for a track starting at 0; the earlier reading is the one that
+            # cannot call a complete late-starting track short
+            return min(length, start + length)
         return None
 
 
