@@ -41,6 +41,16 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def training(tmp_path_factory: pytest.TempPathFactory):
+    """The store with learnable annotations of tests/training_corpus.py, extracted once for
+    the datasets, trainers and export tests (a ``TrainingCorpus``, not a directory of videos
+    like ``corpus``)."""
+    from training_corpus import training_corpus  # it imports this module's helpers
+
+    return training_corpus(tmp_path_factory.mktemp("training"))
+
+
 def ffprobe_standin(directory: Path, script: str) -> Path:
     """A directory holding an ``ffprobe`` that runs ``script`` (sh), for VIDFEAT_FFMPEG_DIR:
     what a stalled or slow mount does to ffprobe, which no real file here can do."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from training_corpus import SOURCES, TrainingCorpus, training_corpus
+from training_corpus import SOURCES, TrainingCorpus
 
 from vidfeat import open_store
 from vidfeat.cli import main
@@ -46,14 +46,9 @@ from vidfeat.storage.writer import create_store, write_shard
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> TrainingCorpus:
-    return training_corpus(tmp_path_factory.mktemp("training"))
-
-
-@pytest.fixture(scope="session")
-def merged(corpus: TrainingCorpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def merged(training: TrainingCorpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("merged") / "store.h5"
-    assert main(["merge", str(corpus.store), str(out)]) == 0
+    assert main(["merge", str(training.store), str(out)]) == 0
     return out
 
 
@@ -72,8 +67,9 @@ def test_vocabulary_specials_min_count_and_the_28_id_cut() -> None:
 
 # -- captioning ------------------------------------------------------------------------------
 
-def test_load_captions_msrvtt_plain_and_a_bad_file(tmp_path: Path, corpus: TrainingCorpus) -> None:
-    msrvtt = load_captions(corpus.annotation("msrvtt.json"))
+def test_load_captions_msrvtt_plain_and_a_bad_file(tmp_path: Path,
+                                                   training: TrainingCorpus) -> None:
+    msrvtt = load_captions(training.annotation("msrvtt.json"))
     assert msrvtt.captions["video0"] == [SOURCES["testsrc2"], SOURCES["testsrc2"].capitalize()
                                          + "."]
     assert msrvtt.splits["video2"] == "validate" and msrvtt.splits["video0"] == "train"
@@ -88,8 +84,8 @@ def test_load_captions_msrvtt_plain_and_a_bad_file(tmp_path: Path, corpus: Train
 
 
 def test_captioning_takes_40_frames_uniformly_and_fuses_audio_on_frame_rows(
-        corpus: TrainingCorpus) -> None:
-    store = open_store(corpus.store)
+        training: TrainingCorpus) -> None:
+    store = open_store(training.store)
     vocab = Vocabulary.build(SOURCES.values())
     captions = {"video0": [SOURCES["testsrc2"]], "quiet": ["silence"]}
     data = CaptioningDataset(store, captions, vocab, fuse=("vggish",))
@@ -114,11 +110,11 @@ def test_captioning_takes_40_frames_uniformly_and_fuses_audio_on_frame_rows(
     assert not quiet["features"][:, 2048:].any()
 
 
-def test_captioning_unpadded_batches_carry_masks(corpus: TrainingCorpus) -> None:
-    captions = load_captions(corpus.annotation("msrvtt.json")).captions
+def test_captioning_unpadded_batches_carry_masks(training: TrainingCorpus) -> None:
+    captions = load_captions(training.annotation("msrvtt.json")).captions
     captions["quiet"] = ["a very long caption about nothing at all"]
     vocab = Vocabulary.build(s for refs in captions.values() for s in refs)
-    data = CaptioningDataset(corpus.store, captions, vocab, frames=None)
+    data = CaptioningDataset(training.store, captions, vocab, frames=None)
     batch = collate_captions([data[data.items.index(("video0", 0))],
                               data[data.items.index(("quiet", 0))]])
     assert batch["features"].shape == (2, 2, 2048)
@@ -131,10 +127,10 @@ def test_captioning_unpadded_batches_carry_masks(corpus: TrainingCorpus) -> None
 
 
 def test_videos_missing_from_the_store_are_reported_once_and_skipped(
-        corpus: TrainingCorpus, caplog: pytest.LogCaptureFixture) -> None:
-    captions = load_captions(corpus.annotation("msrvtt.json")).captions
+        training: TrainingCorpus, caplog: pytest.LogCaptureFixture) -> None:
+    captions = load_captions(training.annotation("msrvtt.json")).captions
     with caplog.at_level(logging.WARNING, logger="vidfeat.datasets"):
-        data = CaptioningDataset(corpus.store, captions, Vocabulary([]), source="msrvtt.json")
+        data = CaptioningDataset(training.store, captions, Vocabulary([]), source="msrvtt.json")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "msrvtt.json: 1 annotated videos are not in" in warnings[0] and "video404" in warnings[0]
@@ -142,11 +138,11 @@ def test_videos_missing_from_the_store_are_reported_once_and_skipped(
 
 
 def test_a_video_whose_feature_did_not_extract_is_reported_with_why(
-        corpus: TrainingCorpus, caplog: pytest.LogCaptureFixture) -> None:
+        training: TrainingCorpus, caplog: pytest.LogCaptureFixture) -> None:
     # "quiet" is in the store, but has no audio: its vggish was skipped, not lost
     captions = {"video0": [SOURCES["testsrc2"]], "quiet": ["silence"]}
     with caplog.at_level(logging.WARNING, logger="vidfeat.datasets"):
-        data = CaptioningDataset(corpus.store, captions, Vocabulary([]), feature="vggish",
+        data = CaptioningDataset(training.store, captions, Vocabulary([]), feature="vggish",
                                  source="caps.json")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["caps.json: 1 have no usable vggish rows (quiet: skipped (no audio "
@@ -223,15 +219,15 @@ def test_load_moments_charades_tacos_activitynet(tmp_path: Path) -> None:
         load_moments(broken)
 
 
-def test_grounding_items_from_a_scene_change(corpus: TrainingCorpus) -> None:
-    moments = load_moments(corpus.annotation("charades_sta_train.txt"))
+def test_grounding_items_from_a_scene_change(training: TrainingCorpus) -> None:
+    moments = load_moments(training.annotation("charades_sta_train.txt"))
     vocab = Vocabulary.build(m.sentence for m in moments)
-    data = GroundingDataset(corpus.store, moments, vocab, feature="vggish", num_segments=6,
+    data = GroundingDataset(training.store, moments, vocab, feature="vggish", num_segments=6,
                             normalize=False)
     index = next(i for i, (v, m) in enumerate(data.moments)
                  if v == "scene_bars_2" and m.start == 2.0)
     item = data[index]
-    rows = open_store(corpus.store).get("scene_bars_2", "vggish")
+    rows = open_store(training.store).get("scene_bars_2", "vggish")
     duration = item["duration"]
     assert duration == pytest.approx(6.0, abs=0.05)
     np.testing.assert_allclose(item["features"].numpy(), average_to_fixed_length(rows, 6))
@@ -239,7 +235,7 @@ def test_grounding_items_from_a_scene_change(corpus: TrainingCorpus) -> None:
     np.testing.assert_allclose(item["map_target"].numpy(),
                                temporal_map_target(2.0, min(6.0, duration), duration, 6))
     assert item["map_target"][2, 5] == pytest.approx(1.0, abs=0.02)  # [2 s, end]
-    normalized = GroundingDataset(corpus.store, moments, vocab, feature="vggish",
+    normalized = GroundingDataset(training.store, moments, vocab, feature="vggish",
                                   num_segments=12)[index]["features"]
     assert normalized.shape == (12, 128)  # 6 rows repeated to 12, each of unit length
     np.testing.assert_allclose(normalized.norm(dim=1).numpy(), 1.0, rtol=1e-5)
@@ -260,9 +256,9 @@ def test_tall_sliding_windows_and_context_by_hand() -> None:
     assert span_iou(np.array([[0.0, 2.0], [1.0, 3.0]]), (1.0, 2.0)).tolist() == [0.5, 0.5]
 
 
-def test_tall_dataset_items(corpus: TrainingCorpus) -> None:
-    moments = load_moments(corpus.annotation("charades_sta_val.txt"))
-    grounding = GroundingDataset(corpus.store, moments, Vocabulary([]), feature="vggish")
+def test_tall_dataset_items(training: TrainingCorpus) -> None:
+    moments = load_moments(training.annotation("charades_sta_val.txt"))
+    grounding = GroundingDataset(training.store, moments, Vocabulary([]), feature="vggish")
     item = TallDataset(grounding, sizes=(2.0, 3.0), overlap=0.5)[0]
     assert item["features"].shape == (len(item["windows"]), 3 * 128)
     video, moment = grounding.moments[0]
@@ -289,22 +285,22 @@ def test_label_file_and_class_list(tmp_path: Path) -> None:
         load_tags(tmp_path / "bad.txt")
 
 
-def test_tagging_items_masks_and_missing_audio(corpus: TrainingCorpus) -> None:
-    tagged = load_tags(corpus.annotation("tags_train.txt"))
+def test_tagging_items_masks_and_missing_audio(training: TrainingCorpus) -> None:
+    tagged = load_tags(training.annotation("tags_train.txt"))
     classes = classes_of(tagged)
-    data = TaggingDataset(corpus.store, tagged, classes)
+    data = TaggingDataset(training.store, tagged, classes)
     ids = [video_id for video_id, _ in data.videos]
     assert "quiet" in ids and "video0" in ids  # "clips/quiet.mp4" and "video0.mp4" resolved
     quiet, video0 = data[ids.index("quiet")], data[ids.index("video0")]
     assert quiet["audio_present"] is False and quiet["audio"].shape == (1, 128)
     assert not quiet["audio"].any()
     assert [classes[i] for i in video0["labels"].nonzero().flatten()] == [
-        "source_testsrc2", f"tone_{corpus.clips['video0'][1]}"]
+        "source_testsrc2", f"tone_{training.clips['video0'][1]}"]
     batch = collate_tags([video0, quiet])
     assert batch["image"].shape == (2, 2, 2048) and batch["image_mask"].tolist() == [
         [True, True], [True, False]]
     assert batch["audio_mask"].tolist() == [[True, True], [False, False]]
-    store = open_store(corpus.store)
+    store = open_store(training.store)
     np.testing.assert_array_equal(video0["image"].numpy(), store.get("video0", "resnet152"))
 
 
@@ -320,10 +316,10 @@ def test_seeded_split_is_reproducible() -> None:
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_dataloader_workers_read_a_merged_file_like_the_directory(
-        corpus: TrainingCorpus, merged: Path, context: str) -> None:
-    tagged = load_tags(corpus.annotation("tags_train.txt"))
+        training: TrainingCorpus, merged: Path, context: str) -> None:
+    tagged = load_tags(training.annotation("tags_train.txt"))
     classes = classes_of(tagged)
-    direct = collate_tags([TaggingDataset(corpus.store, tagged, classes)[i] for i in range(4)])
+    direct = collate_tags([TaggingDataset(training.store, tagged, classes)[i] for i in range(4)])
     loader = DataLoader(TaggingDataset(merged, tagged, classes), batch_size=4,
                         collate_fn=collate_tags, num_workers=2,
                         multiprocessing_context=multiprocessing.get_context(context))

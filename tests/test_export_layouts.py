@@ -12,30 +12,25 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from training_corpus import TrainingCorpus, training_corpus
+from training_corpus import TrainingCorpus
 
 from vidfeat import open_store
 from vidfeat.cli import main
 from vidfeat.storage.export import read_labels, rows_on_timeline
 
 
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> TrainingCorpus:
-    return training_corpus(tmp_path_factory.mktemp("training"))
+def export(training: TrainingCorpus, *args: str) -> None:
+    assert main(["export", str(training.store), *args]) == 0
 
 
-def export(corpus: TrainingCorpus, *args: str) -> None:
-    assert main(["export", str(corpus.store), *args]) == 0
-
-
-def test_hdf5_per_video_datasets_load_in_2dtan_charades_and_tacos(corpus: TrainingCorpus,
+def test_hdf5_per_video_datasets_load_in_2dtan_charades_and_tacos(training: TrainingCorpus,
                                                                   tmp_path: Path) -> None:
     self = SimpleNamespace(data_dir=str(tmp_path), vis_input_type="vggish")
-    export(corpus, "--format", "hdf5", str(tmp_path / "vggish_features.hdf5"),
+    export(training, "--format", "hdf5", str(tmp_path / "vggish_features.hdf5"),
            "--feature", "vggish")
-    export(corpus, "--format", "hdf5", str(tmp_path / "tall_c3d_features.hdf5"),
+    export(training, "--format", "hdf5", str(tmp_path / "tall_c3d_features.hdf5"),
            "--feature", "vggish")
-    store = open_store(corpus.store)
+    store = open_store(training.store)
     with_audio = [v for v in store.videos() if "vggish" in store.features(v)]
     for vid in with_audio:
         # microsoft/VideoX 2D-TAN/lib/datasets/charades.py, Charades.get_video_features
@@ -60,26 +55,26 @@ def test_hdf5_per_video_datasets_load_in_2dtan_charades_and_tacos(corpus: Traini
     np.testing.assert_array_equal(features.numpy(), store.get("scene_bars_1", "vggish"))
 
 
-def test_hdf5_named_datasets_load_in_2dtan_activitynet(corpus: TrainingCorpus,
+def test_hdf5_named_datasets_load_in_2dtan_activitynet(training: TrainingCorpus,
                                                        tmp_path: Path) -> None:
     self = SimpleNamespace(data_dir=str(tmp_path))
-    export(corpus, "--format", "hdf5", str(tmp_path / "sub_activitynet_v1-3.c3d.hdf5"),
+    export(training, "--format", "hdf5", str(tmp_path / "sub_activitynet_v1-3.c3d.hdf5"),
            "--feature", "vggish", "--dataset-name", "c3d_features")
     vid = "scene_bars_3"
     # 2D-TAN/lib/datasets/activitynet.py, ActivityNet.get_video_features
     with h5py.File(os.path.join(self.data_dir, 'sub_activitynet_v1-3.c3d.hdf5'), 'r') as f:
         features = torch.from_numpy(f[vid]['c3d_features'][:])
-    np.testing.assert_array_equal(features.numpy(), open_store(corpus.store).get(vid, "vggish"))
+    np.testing.assert_array_equal(features.numpy(), open_store(training.store).get(vid, "vggish"))
 
 
-def test_per_video_npy_loads_in_video_caption_pytorch(corpus: TrainingCorpus,
+def test_per_video_npy_loads_in_video_caption_pytorch(training: TrainingCorpus,
                                                       tmp_path: Path) -> None:
     frames, audio = tmp_path / "frames", tmp_path / "audio"
-    export(corpus, "--format", "npy", str(frames), "--layout", "per-video",
+    export(training, "--format", "npy", str(frames), "--layout", "per-video",
            "--feature", "resnet152,vggish")
-    export(corpus, "--format", "npy", str(audio), "--layout", "per-video", "--feature", "vggish")
+    export(training, "--format", "npy", str(audio), "--layout", "per-video", "--feature", "vggish")
     self = SimpleNamespace(feats_dir=[str(frames)], c3d_feats_dir=str(audio), with_c3d=1)
-    store = open_store(corpus.store)
+    store = open_store(training.store)
     for ix in range(9):
         # xiadingZ/video-caption.pytorch dataloader.py, VideoDataset.__getitem__
         fc_feat = []
@@ -102,14 +97,14 @@ def test_per_video_npy_loads_in_video_caption_pytorch(corpus: TrainingCorpus,
     assert (tmp_path / "frames" / "video0.npy").exists() and not list(frames.glob("scene*"))
 
 
-def test_paddle_pickles_load_in_multimodal_video_tag(corpus: TrainingCorpus,
+def test_paddle_pickles_load_in_multimodal_video_tag(training: TrainingCorpus,
                                                      tmp_path: Path) -> None:
     labels = tmp_path / "labels.txt"
     labels.write_text("video0 1,3\n")
-    export(corpus, "--format", "paddle", str(tmp_path / "pkl"), "--labels", str(labels),
+    export(training, "--format", "paddle", str(tmp_path / "pkl"), "--labels", str(labels),
            "--feature", "resnet152,vggish")
     self = SimpleNamespace(filelist=str(tmp_path / "pkl"))
-    store = open_store(corpus.store)
+    store = open_store(training.store)
     for url in ("video0.mp4", "clips/quiet.mp4"):
         # PaddleVideo applications/MultimodalVideoTag/scenario_lib/datareader/
         # feature_reader.py, FeatureReader.create_reader
@@ -130,9 +125,9 @@ def test_paddle_pickles_load_in_multimodal_video_tag(corpus: TrainingCorpus,
     assert pickle.loads((tmp_path / "pkl" / "video0.pkl").read_bytes())["label"] == [1, 3]
 
 
-def test_video_features_layout_keeps_its_files_and_takes_feature(corpus: TrainingCorpus,
+def test_video_features_layout_keeps_its_files_and_takes_feature(training: TrainingCorpus,
                                                                  tmp_path: Path) -> None:
-    export(corpus, "--format", "npy", str(tmp_path), "--feature", "vggish")
+    export(training, "--format", "npy", str(tmp_path), "--feature", "vggish")
     assert [p.name for p in tmp_path.iterdir()] == ["vggish"]
     assert {"video0_vggish.npy", "video0_timestamps_ms.npy", "video0_fps.npy"} <= {
         p.name for p in (tmp_path / "vggish").iterdir()}
@@ -144,9 +139,9 @@ def test_video_features_layout_keeps_its_files_and_takes_feature(corpus: Trainin
     (["--format", "hdf5"], "need --feature"),
 ])
 def test_contradictory_export_flags_are_one_line_errors(
-        corpus: TrainingCorpus, tmp_path: Path, capsys: pytest.CaptureFixture,
+        training: TrainingCorpus, tmp_path: Path, capsys: pytest.CaptureFixture,
         flags: list[str], message: str) -> None:
-    assert main(["export", str(corpus.store), str(tmp_path / "out"), *flags]) == 2
+    assert main(["export", str(training.store), str(tmp_path / "out"), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
 
@@ -159,17 +154,17 @@ def test_contradictory_export_flags_are_one_line_errors(
     (["--format", "paddle", "--feature", "resnet152,vgish"], "'vgish'"),
 ])
 def test_export_of_a_feature_the_store_lacks_is_exit_2_and_writes_nothing(
-        corpus: TrainingCorpus, tmp_path: Path, capsys: pytest.CaptureFixture,
+        training: TrainingCorpus, tmp_path: Path, capsys: pytest.CaptureFixture,
         flags: list[str], absent: str) -> None:
     out = tmp_path / "out"
-    assert main(["export", str(corpus.store), str(out), *flags]) == 2
+    assert main(["export", str(training.store), str(out), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"no feature {absent} in this store" in err
     assert err.endswith("its features: resnet152, vggish")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_paddle_labels_in_multimodal_video_tags_own_label_file(corpus: TrainingCorpus,
+def test_paddle_labels_in_multimodal_video_tags_own_label_file(training: TrainingCorpus,
                                                                 tmp_path: Path) -> None:
     # MultimodalVideoTag load_video_file: URL<TAB>title<TAB>names; a line without labels is
     # skipped, the first line with labels wins, the pickle is found by the URL's stem
@@ -178,7 +173,7 @@ def test_paddle_labels_in_multimodal_video_tags_own_label_file(corpus: TrainingC
                       "video0.mp4\tlater line\tother\n"
                       "video1.mp4\tno labels yet\t\n"
                       "/data/video1.mp4\t标题\tfractal\n", encoding="utf8")
-    export(corpus, "--format", "paddle", str(tmp_path / "pkl"), "--labels", str(labels))
+    export(training, "--format", "paddle", str(tmp_path / "pkl"), "--labels", str(labels))
     label = {video: pickle.loads((tmp_path / "pkl" / f"{video}.pkl").read_bytes())["label"]
              for video in ("video0", "video1", "video2")}
     assert label == {"video0": ["pattern", "low"], "video1": ["fractal"], "video2": []}
@@ -198,13 +193,13 @@ def test_paddle_labels_in_multimodal_video_tags_own_label_file(corpus: TrainingC
     (None, "labels.txt: cannot read the labels file: No such file or directory"),
 ])
 def test_bad_or_missing_labels_file_is_exit_2_naming_file_and_line(
-        corpus: TrainingCorpus, tmp_path: Path, capsys: pytest.CaptureFixture,
+        training: TrainingCorpus, tmp_path: Path, capsys: pytest.CaptureFixture,
         content: str | None, message: str) -> None:
     labels = tmp_path / "labels.txt"
     if content is not None:
         labels.write_text(content)
     out = tmp_path / "pkl"
-    assert main(["export", str(corpus.store), "--format", "paddle", str(out),
+    assert main(["export", str(training.store), "--format", "paddle", str(out),
                  "--labels", str(labels)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err == f"vidfeat: error: {tmp_path}/{message}"

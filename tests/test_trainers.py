@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from training_corpus import TrainingCorpus, training_corpus
+from training_corpus import TrainingCorpus
 
 from vidfeat.cli import main
 from vidfeat.datasets import seeded_split
@@ -27,11 +27,6 @@ from vidfeat.datasets.trainers.loop import Standardize
 from vidfeat.datasets.trainers.tagging import AttentionPool
 
 FAST = ["--epochs", "8", "--batch-size", "4", "--no-progress", "--device", "cpu"]
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> TrainingCorpus:
-    return training_corpus(tmp_path_factory.mktemp("training"))
 
 
 # -- metrics by hand ---------------------------------------------------------------------------
@@ -162,38 +157,38 @@ def test_padding_does_not_change_what_s2vt_and_the_tagger_compute() -> None:
 
 # -- the trainers end to end ------------------------------------------------------------------
 
-def train_and_eval(corpus: TrainingCorpus, out: Path, task: str, annotations: str,
+def train_and_eval(training: TrainingCorpus, out: Path, task: str, annotations: str,
                    *flags: str) -> dict:
-    assert main(["train", task, "--store", str(corpus.store), "--annotations",
-                 str(corpus.annotation(annotations)), "--out", str(out), *FAST, *flags]) == 0
+    assert main(["train", task, "--store", str(training.store), "--annotations",
+                 str(training.annotation(annotations)), "--out", str(out), *FAST, *flags]) == 0
     result = json.loads((out / "metrics.json").read_text())
     assert (out / "checkpoint.pt").stat().st_size > 0
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     return result
 
 
-def rescore(corpus: TrainingCorpus, out: Path, annotations: str, *flags: str) -> dict:
+def rescore(training: TrainingCorpus, out: Path, annotations: str, *flags: str) -> dict:
     scored = out / "eval.json"
-    assert main(["eval", str(out / "checkpoint.pt"), "--store", str(corpus.store),
-                 "--annotations", str(corpus.annotation(annotations)), "--out", str(scored),
+    assert main(["eval", str(out / "checkpoint.pt"), "--store", str(training.store),
+                 "--annotations", str(training.annotation(annotations)), "--out", str(scored),
                  "--no-progress", "--device", "cpu", "--batch-size", "4", *flags]) == 0
     return json.loads(scored.read_text())
 
 
-def test_s2vt_captions_beat_chance(corpus: TrainingCorpus, tmp_path: Path) -> None:
-    result = train_and_eval(corpus, tmp_path, "captioning", "msrvtt.json", "--lr", "3e-3",
+def test_s2vt_captions_beat_chance(training: TrainingCorpus, tmp_path: Path) -> None:
+    result = train_and_eval(training, tmp_path, "captioning", "msrvtt.json", "--lr", "3e-3",
                             "--set", "hidden=64", "--set", "word_dim=32", "--set", "frames=4",
                             "--set", "fuse=[vggish]")
     assert set(result) == {"bleu4", "chance", "epochs"}
     assert result["bleu4"] > result["chance"]["bleu4"] + 0.3, result
-    assert rescore(corpus, tmp_path, "msrvtt.json") == {"bleu4": result["bleu4"]}
+    assert rescore(training, tmp_path, "msrvtt.json") == {"bleu4": result["bleu4"]}
 
 
-def test_2dtan_grounds_the_scene_change_beyond_chance(corpus: TrainingCorpus,
+def test_2dtan_grounds_the_scene_change_beyond_chance(training: TrainingCorpus,
                                                       tmp_path: Path) -> None:
     result = train_and_eval(
-        corpus, tmp_path, "grounding", "charades_sta_train.txt", "--val-annotations",
-        str(corpus.annotation("charades_sta_val.txt")), "--lr", "3e-3", "--set", "feature=vggish",
+        training, tmp_path, "grounding", "charades_sta_train.txt", "--val-annotations",
+        str(training.annotation("charades_sta_val.txt")), "--lr", "3e-3", "--set", "feature=vggish",
         "--set", "num_segments=6", "--set", "hidden=32", "--set", "word_dim=16",
         "--set", "text_layers=1", "--set", "map_layers=2", "--set", "kernel=3")
     assert set(result) == {"r1_iou0.3", "r1_iou0.5", "r1_iou0.7", "r5_iou0.3", "r5_iou0.5",
@@ -201,35 +196,35 @@ def test_2dtan_grounds_the_scene_change_beyond_chance(corpus: TrainingCorpus,
     assert set(result["chance"]) == set(result) - {"chance", "epochs"}
     assert result["r1_iou0.5"] > result["chance"]["r1_iou0.5"] + 0.4, result
     assert result["r1_iou0.7"] > result["chance"]["r1_iou0.7"] + 0.4, result
-    again = rescore(corpus, tmp_path, "charades_sta_val.txt", "--split", "all")
+    again = rescore(training, tmp_path, "charades_sta_val.txt", "--split", "all")
     assert again == {k: v for k, v in result.items() if k not in ("chance", "epochs")}
 
 
-def test_attention_lstm_tags_beat_chance(corpus: TrainingCorpus, tmp_path: Path) -> None:
-    result = train_and_eval(corpus, tmp_path, "tagging", "tags_train.txt", "--val-annotations",
-                            str(corpus.annotation("tags_val.txt")), "--lr", "3e-3",
+def test_attention_lstm_tags_beat_chance(training: TrainingCorpus, tmp_path: Path) -> None:
+    result = train_and_eval(training, tmp_path, "tagging", "tags_train.txt", "--val-annotations",
+                            str(training.annotation("tags_val.txt")), "--lr", "3e-3",
                             "--set", "image_hidden=32", "--set", "audio_hidden=16",
                             "--set", "dropout=0.2")
     assert set(result) == {"hit1", "hit2", "map", "chance", "epochs"}
     assert result["hit1"] > result["chance"]["hit1"] + 0.3, result
     assert result["map"] > result["chance"]["map"] + 0.2, result
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert saved["split"]["val"] == sorted(f"{v}.mp4" for v in corpus.val_clips)
+    assert saved["split"]["val"] == sorted(f"{v}.mp4" for v in training.val_clips)
     assert "clips/quiet.mp4" in saved["split"]["train"]  # a video without audio trains too
-    assert rescore(corpus, tmp_path, "tags_val.txt", "--split", "all") == {
+    assert rescore(training, tmp_path, "tags_val.txt", "--split", "all") == {
         k: v for k, v in result.items() if k not in ("chance", "epochs")}
 
 
-def _annotations_with_a_missing_video(corpus: TrainingCorpus, task: str,
+def _annotations_with_a_missing_video(training: TrainingCorpus, task: str,
                                       folder: Path) -> tuple[Path, list[str], str, list[str]]:
     """Six videos of the store and one it lacks: the file, the names, the missing one and the
     flags of a small model."""
-    clips = sorted(corpus.clips)[:6]
+    clips = sorted(training.clips)[:6]
     if task == "tagging":
         names, missing = [f"{v}.mp4" for v in clips], "video404.mp4"
         path = folder / "tags.txt"
-        path.write_text("".join(f"{v}.mp4\ttitle\tsource_{corpus.clips[v][0]},"
-                                f"tone_{corpus.clips[v][1]}\n" for v in clips)
+        path.write_text("".join(f"{v}.mp4\ttitle\tsource_{training.clips[v][0]},"
+                                f"tone_{training.clips[v][1]}\n" for v in clips)
                         + f"{missing}\tnever extracted\tsource_testsrc2\n")
         return path, names, missing, ["--set", "image_hidden=8", "--set", "audio_hidden=4"]
     if task == "captioning":
@@ -239,9 +234,9 @@ def _annotations_with_a_missing_video(corpus: TrainingCorpus, task: str,
                                     missing: ["never extracted"]}))
         return path, names, missing, ["--set", "hidden=16", "--set", "word_dim=8",
                                       "--set", "frames=2"]
-    names, missing = sorted(corpus.scenes)[:6], "scene_missing_3"
+    names, missing = sorted(training.scenes)[:6], "scene_missing_3"
     path = folder / "moments.txt"
-    path.write_text("".join(f"{v} 0.0 {corpus.scenes.get(v, (3,))[0]:.1f}##the first part.\n"
+    path.write_text("".join(f"{v} 0.0 {training.scenes.get(v, (3,))[0]:.1f}##the first part.\n"
                             for v in [*names, missing]))
     return path, names, missing, ["--set", "feature=vggish", "--set", "num_segments=6",
                                   "--set", "hidden=8", "--set", "word_dim=8",
@@ -251,33 +246,33 @@ def _annotations_with_a_missing_video(corpus: TrainingCorpus, task: str,
 
 @pytest.mark.parametrize("task", ["tagging", "captioning", "grounding"])
 def test_the_seeded_split_is_drawn_among_the_videos_in_the_store(
-        task: str, corpus: TrainingCorpus, tmp_path: Path,
+        task: str, training: TrainingCorpus, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
-    annotations, names, missing, settings = _annotations_with_a_missing_video(corpus, task,
+    annotations, names, missing, settings = _annotations_with_a_missing_video(training, task,
                                                                               tmp_path)
     # a seed whose 20 % split of all seven names holds out exactly the missing video
     seed = next(s for s in range(1000) if seeded_split([*names, missing], 0.2, s)[1]
                 == [missing])
     with caplog.at_level(logging.WARNING, logger="vidfeat.datasets"):
-        assert main(["train", task, "--store", str(corpus.store), "--annotations",
+        assert main(["train", task, "--store", str(training.store), "--annotations",
                      str(annotations), "--out", str(tmp_path / "out"), *FAST, "--epochs", "1",
                      "--seed", str(seed), *settings]) == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
-    assert f"1 annotated videos are not in {corpus.store} ({missing})" in warnings[0]
+    assert f"1 annotated videos are not in {training.store} ({missing})" in warnings[0]
     split = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["split"]
     assert (split["train"], split["val"]) == seeded_split(names, 0.2, seed)
 
 
-def test_train_rejects_bad_settings_in_one_line(corpus: TrainingCorpus, tmp_path: Path,
+def test_train_rejects_bad_settings_in_one_line(training: TrainingCorpus, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
-    code = main(["train", "tagging", "--store", str(corpus.store), "--annotations",
-                 str(corpus.annotation("tags_train.txt")), "--out", str(tmp_path),
+    code = main(["train", "tagging", "--store", str(training.store), "--annotations",
+                 str(training.annotation("tags_train.txt")), "--out", str(tmp_path),
                  "--set", "colour=blue", *FAST])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "no setting colour" in err
-    code = main(["eval", str(tmp_path / "missing.pt"), "--store", str(corpus.store),
-                 "--annotations", str(corpus.annotation("tags_val.txt"))])
+    code = main(["eval", str(tmp_path / "missing.pt"), "--store", str(training.store),
+                 "--annotations", str(training.annotation("tags_val.txt"))])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "missing.pt" in err and len(err.splitlines()) == 1
 
