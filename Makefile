@@ -1,12 +1,14 @@
 # make install: .venv with vidfeat (editable), torch/torchvision, ffmpeg if missing. Idempotent.
 # make demo:    install, make a sample corpus with ffmpeg, extract it, inspect the store.
-# make test:    install, then the whole test suite (slow end-to-end tests included).
+# make test:    install, then the whole test suite (slow end-to-end tests included; CI).
+# make test-fast: the edit loop: every test not marked slow (a few minutes on 2 cores).
+# make docs:    the documentation site into site/ (`mkdocs serve` to browse it while editing).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast docs lint clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -33,8 +35,14 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+docs: install
+	$(BIN)/mkdocs build --strict
+
 lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache site
