@@ -51,10 +51,3 @@ def training(tmp_path_factory: pytest.TempPathFactory):
     return training_corpus(tmp_path_factory.mktemp("training"))
 
 
-def ffprobe_standin(directory: Path, script: str) -> Path:
-    """A directory holding an ``ffprobe`` that runs ``script`` (sh), for VIDFEAT_FFMPEG_DIR:
-    what a stalled or slow mount does to ffprobe, which no real file here can do."""
-    directory.mkdir()
-    (directory / "ffprobe").write_text(f"#!/bin/sh\n{script}\n")
-    (directory / "ffprobe").chmod(0o755)
-    return directory

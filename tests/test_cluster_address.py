@@ -74,12 +74,23 @@ def test_job_runs_on_the_scheduler_and_model_tasks_only_on_the_gpu_worker(
     assert {t["worker"] for t in model_tasks} == {workers["gpu-worker"]}
 
 
-def test_rerun_of_the_job_has_nothing_to_do_and_a_new_video_is_planned(
+def test_short_videos_are_probed_in_their_tasks_and_a_rerun_has_nothing_to_do(
         scheduler: str, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """No round of probing before the first model task: a short video is probed by the task
+    that decodes it, and its store attributes still hold the probe's facts."""
     store = tmp_path / "store"
     job = write_job(tmp_path / "job.yaml", [str(corpus)], store,
                     {"address": scheduler, "model_resources": {"GPU": 1}})
-    assert main(["submit", str(job)]) == 0
+    with Client(scheduler) as observer:
+        observer.get_task_stream()
+        started = time.time()
+        assert main(["submit", str(job)]) == 0
+        stream = observer.get_task_stream(start=started)
+    assert not [t for t in stream if not t["key"].startswith("vidfeat-")], stream
+    attrs = vidfeat.open_store(str(store)).attrs("talk")
+    assert (attrs["fps"], attrs["width"], attrs["has_audio"]) == (8.0, 96, True)
+    assert attrs["duration"] == pytest.approx(2.5, abs=0.05)
+    assert attrs["fingerprint"].startswith("sha256-3x1MiB:")
     capsys.readouterr()
     assert main(["submit", "--dry-run", str(job)]) == 0
     assert "3 found, 0 to extract, 3 already up to date" in capsys.readouterr().out

@@ -20,8 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ffmpeg, ffprobe_standin, make_video
-from vidfeat.media.tools import executable
+from tests.conftest import ffmpeg, make_video
 from vidfeat.storage.index import StoreIndex
 
 #: VGGish alone where a test needs no visual feature: its model loads in a moment
@@ -525,51 +524,3 @@ def test_a_long_video_whose_packets_cannot_be_read_fails_alone(tmp_path: Path):
     _verified(store)
 
 
-def test_a_probe_past_the_task_timeout_fails_its_videos_and_the_run_goes_on(tmp_path: Path):
-    """Probing runs as tasks too, under --task-timeout: an ffprobe that never answers (here one
-    that only sleeps, standing for a stalled mount, its own timeout turned off) costs its
-    videos, not the night."""
-    stalled = ffprobe_standin(tmp_path / "bin", "exec sleep 300")
-    make_video(tmp_path / "a.mp4", seconds=1.5)
-    store = tmp_path / "store"
-    environ = {**os.environ, "VIDFEAT_FFMPEG_DIR": str(stalled), "VIDFEAT_PROBE_TIMEOUT": "0"}
-    started = time.monotonic()
-    result = subprocess.run(_command(store, tmp_path / "a.mp4", extra=("--task-timeout", "5")),
-                            capture_output=True, text=True, timeout=120, env=environ)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "FAILED a vggish: timed out after 5 s" in result.stdout, result.stdout
-    assert time.monotonic() - started < 60
-    _verified(store)
-
-
-def test_ctrl_c_while_the_videos_are_probed_stops_without_waiting_for_the_probes(
-        many_videos: Path, tmp_path: Path):
-    """Probing a large corpus takes minutes; a first Ctrl-C then must not wait for all of it.
-    Each ffprobe here takes 3 s (a slow mount), so probing the six videos takes 18 s."""
-    slow = ffprobe_standin(tmp_path / "bin", f'sleep 3\nexec {executable("ffprobe")} "$@"')
-    store = tmp_path / "store"
-    process = subprocess.Popen(_command(store, many_videos), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "VIDFEAT_FFMPEG_DIR": str(slow)})
-    driver = psutil.Process(process.pid)
-    deadline = time.monotonic() + 60
-    while not _probing(driver):
-        assert time.monotonic() < deadline and process.poll() is None, _stopped_output(process)
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    interrupted = time.monotonic()
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, out + err
-    assert time.monotonic() - interrupted < 12, "the driver waited for every probe"
-    assert "rerun the same command to resume" in out
-    assert not _statuses(store)  # nothing planned, nothing recorded: the rerun starts over
-    _verified(store)
-
-
-def _probing(driver: psutil.Process) -> bool:
-    """Whether a worker runs the slow ffprobe (its ``sleep``)."""
-    for child in driver.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if child.name() == "sleep":
-                return True
-    return False

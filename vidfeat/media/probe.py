@@ -1,22 +1,14 @@
-"""Container and stream facts from ffprobe."""
+"""Container and stream facts, read in this process with PyAV (the decoders' FFmpeg)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 
-from vidfeat.errors import DecodeError
-from vidfeat.media.timeline import starts
-from vidfeat.media.tools import executable
+import av
 
-#: seconds an ffprobe may take before its file is failed: reading a container's header takes
-#: well under a second, so only a stalled file system or a pathological file gets near it;
-#: ``VIDFEAT_PROBE_TIMEOUT`` overrides (set it on the workers, which probe)
-PROBE_TIMEOUT_S = 60.0
+from vidfeat.errors import DecodeError
+from vidfeat.media.timeline import packet_times
 
 
 @dataclass(frozen=True)
@@ -46,97 +38,81 @@ class MediaInfo:
         return attrs
 
 
-def _ratio(text: str | None) -> float:
-    if not text or text in ("0/0", "N/A"):
-        return 0.0
-    return float(Fraction(text))
-
-
-def _float(value: object, default: float = 0.0) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return default
-
-
-def _rotation(stream: dict) -> int:
-    """Degrees to turn decoded frames clockwise to show them upright, as ffmpeg's autorotate."""
-    for side in stream.get("side_data_list", []):
-        if "rotation" in side:
-            # the display matrix angle is counter-clockwise
-            return int(round(-_float(side["rotation"]))) % 360
-    return int(_float(stream.get("tags", {}).get("rotate", 0))) % 360
-
-
-def _ffprobe(args: list[str], path: Path) -> dict:
-    command = [executable("ffprobe"), "-v", "error", "-of", "json", *args, str(path)]
-    timeout = _float(os.environ.get("VIDFEAT_PROBE_TIMEOUT"), PROBE_TIMEOUT_S) or None
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:  # run() has killed it
-        raise DecodeError(f"{path}: ffprobe did not finish in {timeout:g} s") from None
-    if result.returncode != 0:
-        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "unreadable"
-        raise DecodeError(f"{path}: ffprobe failed: {reason}")
-    return json.loads(result.stdout or "{}")
-
-
 def count_frames(path: str | Path) -> int:
     """Number of video packets (= frames for every codec we decode), read without decoding."""
-    data = _ffprobe(
-        ["-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets"],
-        Path(path),
-    )
-    streams = data.get("streams", [])
-    if not streams:
-        raise DecodeError(f"{path}: no video stream")
-    return int(streams[0].get("nb_read_packets", 0))
+    return len(packet_times(path).times)
 
 
 def probe(path: str | Path) -> MediaInfo:
-    """Probe ``path`` with ffprobe; raise DecodeError naming the file if it has neither a video
-    nor an audio stream. An audio-only file has ``has_video=False`` and zero video fields."""
+    """Probe ``path`` in this process (PyAV: the decoders' own FFmpeg, a few milliseconds where
+    an ffprobe process costs ~70); raise DecodeError naming the file if it cannot be opened or
+    has neither a video nor an audio stream. An audio-only file has ``has_video=False`` and
+    zero video fields."""
     path = Path(path)
     if not path.is_file():
         raise DecodeError(f"{path}: no such file")
-    data = _ffprobe(["-show_format", "-show_streams"], path)
-    streams = data.get("streams", [])
-    video = next((s for s in streams if s.get("codec_type") == "video"
-                  and not s.get("disposition", {}).get("attached_pic")), None)
-    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
-    if video is None and audio is None:
-        raise DecodeError(f"{path}: no video or audio stream")
-    has_video = video is not None
-    video = video or {}
-    container = data.get("format", {})
-    start = _float(container.get("start_time"))
-    audio_offset = _float((audio or {}).get("start_time"), start) - start
-    # the decoder's clock (PyAV's FFmpeg), not an older ffprobe's, where PyAV opens the file
     try:
-        start, decoder_audio_start = starts(path)
-    except DecodeError:
-        pass
-    else:
-        if decoder_audio_start is not None:
-            audio_offset = decoder_audio_start - start
-    duration = (_float(container.get("duration")) or _float(video.get("duration"))
-                or _float((audio or {}).get("duration")))
-    fps = _ratio(video.get("avg_frame_rate")) or _ratio(video.get("r_frame_rate"))
-    nb_frames = video.get("nb_frames")
-    return MediaInfo(
-        path=str(path.resolve()),
-        duration=duration,
-        fps=fps,
-        width=int(video.get("width", 0)),
-        height=int(video.get("height", 0)),
-        rotation=_rotation(video),
-        frame_count=int(nb_frames) if nb_frames and str(nb_frames).isdigit() else None,
-        video_codec=str(video.get("codec_name", "")),
-        start_time=start,
-        has_audio=audio is not None,
-        audio_sample_rate=int(_float(audio.get("sample_rate"))) if audio else 0,
-        audio_channels=int(audio.get("channels", 0)) if audio else 0,
-        # to the microsecond, as ffprobe prints it (90 kHz and microsecond clocks differ by ~1e-7)
-        audio_start=round(audio_offset, 6) if audio else 0.0,
-        has_video=has_video,
-    )
+        container = av.open(str(path))
+    except av.FFmpegError as error:
+        raise DecodeError(f"{path}: cannot open: {_one_line(error)}") from error
+    with container:
+        video = next((s for s in container.streams.video
+                      if not s.disposition & av.stream.Disposition.attached_pic), None)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        if video is None and audio is None:
+            raise DecodeError(f"{path}: no video or audio stream")
+        start = (container.start_time / av.time_base if container.start_time is not None
+                 else 0.0)
+        duration = ((container.duration / av.time_base if container.duration else 0.0)
+                    or _seconds(video) or _seconds(audio))
+        audio_start = _start(audio, start) - start if audio is not None else 0.0
+        fields = dict(
+            path=str(path.resolve()), duration=duration, start_time=start,
+            has_audio=audio is not None,
+            audio_sample_rate=audio.sample_rate or 0 if audio is not None else 0,
+            audio_channels=audio.channels or 0 if audio is not None else 0,
+            # to the microsecond: a 90 kHz and a microsecond clock differ by ~1e-7
+            audio_start=round(audio_start, 6),
+        )
+        if video is None:
+            return MediaInfo(fps=0.0, width=0, height=0, rotation=0, frame_count=None,
+                             video_codec="", has_video=False, **fields)
+        context = video.codec_context
+        return MediaInfo(
+            fps=float(video.average_rate or video.base_rate or 0.0),
+            width=context.width, height=context.height,
+            rotation=_rotation(container, video),
+            frame_count=video.frames or None,
+            video_codec=context.codec.canonical_name, **fields)
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _seconds(stream: av.stream.Stream | None) -> float:
+    if stream is None or not stream.duration or not stream.time_base:
+        return 0.0
+    return float(stream.duration * stream.time_base)
+
+
+def _start(stream: av.stream.Stream, default: float) -> float:
+    if stream.start_time is None or not stream.time_base:
+        return default
+    return float(stream.start_time * stream.time_base)
+
+
+def _rotation(container: av.container.InputContainer, video: av.video.stream.VideoStream
+              ) -> int:
+    """Degrees to turn decoded frames clockwise to show them upright, as ffmpeg's autorotate.
+    PyAV exposes the display matrix on frames only: the first frame is decoded (one thread,
+    a few milliseconds); a file that cannot decode it gets 0, and its decode says why."""
+    video.thread_type = "SLICE"
+    video.codec_context.thread_count = 1
+    try:
+        frame = next(container.decode(video), None)
+    except av.FFmpegError:
+        return 0
+    # the display matrix angle is counter-clockwise
+    return int(round(-frame.rotation)) % 360 if frame is not None else 0

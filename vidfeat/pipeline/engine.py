@@ -27,7 +27,7 @@ import torch
 from vidfeat.errors import DeviceDecodeError, VidfeatError
 from vidfeat.extractors._api import Extractor, Item
 from vidfeat.extractors.pool import ExtractorPool
-from vidfeat.media import Frame, MediaInfo, iter_frames
+from vidfeat.media import Frame, MediaInfo, iter_frames, probe
 from vidfeat.media.audio import iter_audio
 from vidfeat.pipeline.corpus import fingerprint
 from vidfeat.pipeline.plan import Segment, WorkUnit
@@ -113,6 +113,8 @@ class Engine:
         self.dtype = dtype
         self.decoder = decoder
         self.queue_items = queue_items
+        #: the probe facts and attributes of the videos a task probed, by path
+        self._probed: dict[str, tuple[MediaInfo, dict[str, Any]]] = {}
         #: FFmpeg threads of each decoder in the task running: the worker's, shared among the
         #: decode threads the task starts (a task of one segment gets them all)
         self._threads_per_decoder = decoder_threads
@@ -120,6 +122,7 @@ class Engine:
     def run(self, units: list[WorkUnit], store: str) -> TaskReport:
         started = time.perf_counter()
         report = TaskReport()
+        self._probed.clear()
         pack = _Pack(store, self.dtype, report, self.pack_bytes)
         states: list[_Unit] = []
         for unit in units:
@@ -230,6 +233,17 @@ class Engine:
         report.outcomes += outcomes(unit, records, model_seconds)
 
     # ---- decode side (the decode threads) ------------------------------------------------
+    def _media(self, unit: WorkUnit) -> tuple[MediaInfo, dict[str, Any]]:
+        """The unit's probe facts and store attributes: the planner's, or probed here, once
+        per video and task (its visual and audio units share them)."""
+        if unit.info is not None:
+            return unit.info, unit.attrs or video_attrs(unit.video.path, unit.info)
+        known = self._probed.get(unit.video.path)
+        if known is None:
+            info = probe(unit.video.path)
+            known = self._probed[unit.video.path] = (info, video_attrs(unit.video.path, info))
+        return known
+
     def _decode_all(self, waiting: queue.SimpleQueue, messages: queue.Queue) -> None:
         try:
             while True:
@@ -247,8 +261,8 @@ class Engine:
         live = {name: f for name, f in state.features.items() if f.failure is None}
         state.attrs = {"source_path": unit.video.path, "video_id": unit.video.video_id}
         try:
-            info = unit.info
-            state.attrs.update(unit.attrs or video_attrs(unit.video.path, info))
+            info, attrs = self._media(unit)
+            state.attrs.update(attrs)
             if not live:
                 return
             if unit.kind == "visual" and not info.has_video:

@@ -1,4 +1,4 @@
-"""Running a prepared run on a connected Dask client: probe tasks, planning into work units
+"""Running a prepared run on a connected Dask client: planning into work units
 (packs of short videos, segments of long ones), submission with backpressure, stitching of
 split videos, indexing shards as tasks report, per-task timeouts and dead workers.
 """
@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Collection, Iterator
@@ -19,7 +20,15 @@ from vidfeat.errors import StoreFullError
 from vidfeat.extractors._api import get_extractor
 from vidfeat.pipeline.corpus import VideoSource
 from vidfeat.pipeline.engine import TaskReport, video_attrs
-from vidfeat.pipeline.plan import Task, WorkUnit, pack, segments, task_seconds
+from vidfeat.pipeline.plan import (
+    MIN_BYTES_PER_SECOND,
+    TYPICAL_BYTES_PER_SECOND,
+    Task,
+    WorkUnit,
+    pack,
+    segments,
+    task_seconds,
+)
 from vidfeat.pipeline.prepare import PreparedRun, RunOptions, RunReport, unit_key
 from vidfeat.pipeline.records import reason_of
 from vidfeat.pipeline.worker import extractor_plugin
@@ -199,27 +208,32 @@ class _VideoProgress:
 def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: RunReport,
           progress: _VideoProgress, stop: threading.Event, task_timeout: float | None
           ) -> list[Task | list[WorkUnit]]:
-    """Probe the videos on the workers, then cut the work into tasks: packs of units, and one
-    task per segment of a long video (a list of WorkUnit of length one, see _run_tasks).
-    Waited for as the model tasks are: a probe running past ``task_timeout`` fails its videos,
-    and once ``stop`` is set (Ctrl-C) nothing is planned: the rerun starts over."""
-    paths = [video.path for video, _ in run.todo]
-    chunks = [paths[i:i + PROBES_PER_TASK] for i in range(0, len(paths), PROBES_PER_TASK)]
-    results = _planning_results(client, client.map(_probe_videos, chunks, pure=False), stop,
-                                task_timeout)
+    """Cut the work into tasks: packs of units, and one task per segment of a long video (a
+    list of WorkUnit of length one, see _run_tasks). Planning reads file sizes only: a video is
+    probed where its task decodes it, except the files large enough to need splitting (all
+    of them under --segment-seconds), probed first in tasks of their own. Those are waited
+    for as the model tasks are: a probe running past ``task_timeout`` fails its videos, and
+    once ``stop`` is set (Ctrl-C) nothing is planned: the rerun starts over."""
+    modality = {name: get_extractor(name).modality for name in run.specs}
+    sizes = [_size(video.path) for video, _ in run.todo]
+    seconds = task_seconds(sum(sizes) / TYPICAL_BYTES_PER_SECOND, slots,
+                           run.options.segment_seconds)
+    splittable = 1.5 * seconds * MIN_BYTES_PER_SECOND
+    to_probe = [position for position, ((_, names), size) in enumerate(zip(run.todo, sizes,
+                                                                         strict=True))
+                if any(modality[name] != "audio" for name in names)
+                and (run.options.segment_seconds or size > splittable)]
+    probed = dict(zip(to_probe, _probe_all([run.todo[i][0].path for i in to_probe], client,
+                                           stop, task_timeout), strict=True))
     if stop.is_set():
         return []
-    probed = [item for chunk, result in zip(chunks, results, strict=True)
-              for item in _probe_results(chunk, result)]
-    modality = {name: get_extractor(name).modality for name in run.specs}
     units: list[WorkUnit] = []
-    total = sum(info.duration for info, _, _ in probed if info is not None)
-    seconds = task_seconds(total, slots, run.options.segment_seconds)
     long_videos = []
     alignment = _clip_alignment(run)
     unreadable = []
-    for (video, names), (info, attrs, error) in zip(run.todo, probed, strict=True):
-        if info is None:
+    for position, ((video, names), size) in enumerate(zip(run.todo, sizes, strict=True)):
+        info, attrs, error = probed.get(position, (None, None, ""))
+        if error:
             unreadable.append((video, names, error))
             continue
         for kind in ("visual", "audio"):
@@ -228,8 +242,9 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
                 continue
             unit = WorkUnit(video, kind, features,  # type: ignore[arg-type]
                             unit_key(video.video_id, kind, [run.hashes[n] for n in features]),
-                            info, attrs=attrs)
-            if kind == "visual" and info.has_video and info.duration > 1.5 * seconds:
+                            info, attrs=attrs, size=size)
+            if (kind == "visual" and info is not None and info.has_video
+                    and info.duration > 1.5 * seconds):
                 long_videos.append(unit)
             else:
                 units.append(unit)
@@ -255,6 +270,23 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
     tasks += pack(units, seconds)
     # the longest work first, so the stragglers at the end of a run are short
     return sorted(tasks, key=lambda t: -(t.seconds if isinstance(t, Task) else t[0].seconds))
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:  # gone since the scan: its task records why
+        return 0
+
+
+def _probe_all(paths: list[str], client: Any, stop: threading.Event,
+               task_timeout: float | None) -> list[tuple[Any, dict | None, str]]:
+    """(info, attrs, reason) of each path, probed on the workers PROBES_PER_TASK at a time."""
+    chunks = [paths[i:i + PROBES_PER_TASK] for i in range(0, len(paths), PROBES_PER_TASK)]
+    results = _planning_results(client, client.map(_probe_videos, chunks, pure=False), stop,
+                                task_timeout)
+    return [item for chunk, result in zip(chunks, results, strict=True)
+            for item in _probe_results(chunk, result)]
 
 
 def _planning_results(client: Any, futures: list[Any], stop: threading.Event,

@@ -22,6 +22,11 @@ TASKS_PER_SLOT = 3
 #: a task's finished videos are one shard: 128 units (a short video's visual and audio units
 #: are two) keep a large corpus of short videos at 50-64 videos a file
 MAX_UNITS_PER_TASK = 128
+#: what planning assumes of a video it has not probed: 1 Mbit/s, to size tasks by their files
+TYPICAL_BYTES_PER_SECOND = 125_000
+#: no video is smaller than this per second (a 128 kbit/s stream): a file too small to last
+#: past the split threshold at this rate is not probed before planning, but where it is decoded
+MIN_BYTES_PER_SECOND = 16_000
 
 
 @dataclass(frozen=True)
@@ -58,14 +63,19 @@ class WorkUnit:
     features: tuple[str, ...]
     #: the unit's identity (video, kind, configuration): a split video's segments share it
     key: str
-    info: MediaInfo
+    #: probe facts; None: the task probes the video where it decodes it (short files)
+    info: MediaInfo | None
     segment: Segment | None = None
     #: the video's store attributes (probe facts, fingerprint, size, mtime), computed once per
     #: video by the probe task; None: the engine computes them
     attrs: dict | None = None
+    #: the file's size, for the seconds of media an unprobed unit is planned with
+    size: int = 0
 
     @property
     def seconds(self) -> float:
+        if self.info is None:
+            return self.size / TYPICAL_BYTES_PER_SECOND
         if self.segment is None:
             return self.info.duration
         end = min(self.segment.stop_time, self.info.duration)
