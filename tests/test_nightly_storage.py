@@ -11,7 +11,6 @@ import logging
 import multiprocessing
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,12 +180,7 @@ def read_only_view(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         _unmount(view)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vidfeat", *args], capture_output=True,
-                          text=True)
-
-
-def test_a_read_only_store_can_be_read_inspected_and_verified(read_only_view):
+def test_a_read_only_store_can_be_read_inspected_and_verified(read_only_view, capsys):
     store, view = read_only_view
     with pytest.raises(OSError):
         (view / "probe").write_text("")  # really read-only
@@ -196,22 +190,23 @@ def test_a_read_only_store_can_be_read_inspected_and_verified(read_only_view):
     assert "videos: 3" in summarize(view)
     assert verify(view) == []
     for command in (["inspect", str(view)], ["verify", str(view)]):
-        result = _cli(*command)
-        assert result.returncode == 0, result.stderr
+        assert _cli_in_process(capsys, *command) == 0, capsys.readouterr().err
     with pytest.raises(StoreError):
         StoreIndex(view, readonly=True).add_shard("shards/s0.h5")
 
 
-def test_writing_to_a_read_only_store_is_one_line_naming_it(read_only_view, tmp_path: Path):
+def test_writing_to_a_read_only_store_is_one_line_naming_it(read_only_view, tmp_path: Path,
+                                                             capsys):
     _, view = read_only_view
     video = make_video(tmp_path / "v.mp4", seconds=1.0)
     for command in (["extract", str(video), "--store", str(view), "--features", "vggish",
                      "--random-weights", "--workers", "1", "--no-progress"],
                     ["verify", str(view), "--repair"]):
-        result = _cli(*command)
-        lines = [line for line in result.stderr.splitlines() if "error" in line]
-        assert result.returncode == 3, result.stderr
-        assert len(lines) == 1, result.stderr
+        code = _cli_in_process(capsys, *command)
+        stderr = capsys.readouterr().err
+        lines = [line for line in stderr.splitlines() if "error" in line]
+        assert code == 3, stderr
+        assert len(lines) == 1, stderr
         assert lines[0].startswith(f"vidfeat: error: {view}: read-only (a read-only mount")
         assert "Reading it works" in lines[0]
 
