@@ -7,8 +7,6 @@ import json
 import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -269,15 +267,18 @@ def test_an_interrupted_migration_resumes(tmp_path: Path):
     assert verify(old) == []
 
 
-def test_merged_parts_are_self_contained_and_split_the_videos(store: Path, tmp_path: Path):
+def test_merged_parts_are_self_contained_and_split_the_videos(store: Path, tmp_path: Path,
+                                                              capsys):
+    from vidfeat.cli import main
+
     index = StoreIndex(store)
     index.add([write_shard(store, None, mixed_pack("v", 40))])
     index.add([write_shard(store, None, mixed_pack("w", 20, seed=7))])
     out = tmp_path / "out" / "train.h5"
-    result = subprocess.run([sys.executable, "-m", "vidfeat", "merge", str(store), str(out),
-                             "--parts", "3"], capture_output=True, text=True, check=True)
+    capsys.readouterr()
+    assert main(["merge", str(store), str(out), "--parts", "3"]) == 0
     paths = part_paths(out, 3)
-    assert result.stdout.split() == [word for p in paths for word in ("wrote", str(p))]
+    assert capsys.readouterr().out.split() == [word for p in paths for word in ("wrote", str(p))]
     assert [p.name for p in sorted(out.parent.iterdir())] == [
         "train-00000-of-00003.h5", "train-00001-of-00003.h5", "train-00002-of-00003.h5"]
     seen: list[str] = []
