@@ -153,3 +153,19 @@ def test_a_truncated_late_starting_matroska_track_is_still_lost(tmp_path: Path) 
     with pytest.raises(LostSamplesError) as caught:
         load_audio(probe(cut))
     assert caught.value.spans[-1][1] == pytest.approx(4.5, abs=0.05)
+
+
+def test_avi_audio_header_counting_the_video_delay_is_not_lost(tmp_path: Path) -> None:
+    # MPEG-4 with B-frames: its first frame shows at 0.1 s, and FFmpeg's AVI muxer counts that
+    # delay into the audio's header length (100 MP3 frames for 97 packets), which AVI, placing
+    # audio by position, cannot store: "audio lost at 2.534-2.612 s" before
+    whole = tmp_path / "xvid.avi"
+    ffmpeg(*VIDEO, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=3",
+           "-c:v", "mpeg4", "-bf", "2", "-c:a", "libmp3lame", "-shortest", str(whole))
+    assert frame_times(whole)[0] == pytest.approx(0.1)
+    assert len(load_audio(probe(whole))) / 16000 == pytest.approx(3.03, abs=0.01)
+    cut = tmp_path / "cut.avi"
+    content = whole.read_bytes()
+    cut.write_bytes(content[:len(content) * 6 // 10])
+    with pytest.raises(LostSamplesError):
+        load_audio(probe(cut))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from itertools import islice
 
 import av
 import numpy as np
@@ -154,9 +155,10 @@ class _Continuity:
             start = packet.pts * self.time_base
             self.spans.append((start, start + (packet.duration or 0) * self.time_base))
 
-    def stream_ended(self, end: float | None) -> None:
+    def stream_ended(self, end: float | None, slack: float = 0.0) -> None:
         """``end``: where the stream says it ends; a shortfall of more than a frame is lost,
-        beyond what the decoder trimmed from the last packet (Opus's end padding)."""
+        beyond what the decoder trimmed from the last packet (Opus's end padding) and
+        ``slack``."""
         if self._suspect is not None:
             self.spans.append(self._suspect[0])
             self._suspect = None
@@ -164,7 +166,7 @@ class _Continuity:
             trimmed = 0.0
             if self.packets_end is not None:
                 trimmed = min(max(self.packets_end - self.expected, 0.0), self.longest_frame)
-            if end - self.expected > max(GAP_TOLERANCE_S, self.longest_frame) + trimmed:
+            if end - self.expected > max(GAP_TOLERANCE_S, self.longest_frame) + trimmed + slack:
                 self.spans.append((self.expected, end))
 
     def merged(self, offset: float) -> list[tuple[float, float]]:
@@ -258,7 +260,8 @@ class _AudioDecode:
                 for _ in frames:
                     if stop_time is not None and (continuity.expected or 0.0) > stop_time:
                         break
-            continuity.stream_ended(self._stream_end(stream, time_base))
+            continuity.stream_ended(self._stream_end(stream, time_base),
+                                    _unstamped_shift(container, stream))
             if continuity.spans:
                 raise LostSamplesError(self.path, continuity.merged(self.info.start_time),
                                        continuity.undecodable)
@@ -356,6 +359,23 @@ class _AudioDecode:
             # cannot call a complete late-starting track short
             return min(length, start + length)
         return None
+
+
+def _unstamped_shift(container: av.container.InputContainer, stream: av.AudioStream) -> float:
+    """How far an AVI's audio header may overstate its length: AVI places audio by position,
+    not timestamp, and FFmpeg's muxer counts in the header the delay it gave the video (its
+    first frame shown at 0.1 s after B-frame reordering: 97 MP3 packets, a header of 100).
+    0 elsewhere."""
+    if container.format.name != "avi" or stream.start_time is None:
+        return 0.0
+    audio_start = float(stream.start_time * stream.time_base)
+    with av.open(container.name) as again:
+        if not again.streams.video:
+            return 0.0
+        video = again.streams.video[0]
+        shown = [packet.pts for packet in islice(again.demux(video), 16)
+                 if packet.pts is not None]
+        return max(0.0, min(shown) * float(video.time_base) - audio_start) if shown else 0.0
 
 
 def _mono(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:

@@ -32,7 +32,7 @@ def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
         base = float(stream.time_base) if stream.time_base else 0.0
         nominal = 1.0 / info.fps if info.fps > 0 else 1.0 / 25
         if start_time is None or not base:
-            frames = container.decode(stream)
+            frames = _decoded(container, stream)
         else:
             frames = _from_keyframe_before(container, stream, start_time + info.start_time)
         previous: float | None = None
@@ -44,6 +44,18 @@ def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
             previous = time
             duration = frame.duration * base if frame.duration and base else nominal
             yield Decoded(time, duration, frame, info.rotation)
+
+
+def _decoded(container: av.container.InputContainer, stream: av.VideoStream
+             ) -> Iterator[av.VideoFrame]:
+    """``container.decode(stream)`` without the empty packets Ogg Theora uses for "the previous
+    frame again": FFmpeg 8 refuses them (EINVAL) where FFmpeg's own ffmpeg drops them, and the
+    previous frame stays on screen until the next one's time either way. The demuxer's last,
+    unstamped empty packet still flushes the decoder."""
+    for packet in container.demux(stream):
+        if packet.size == 0 and packet.pts is not None:
+            continue
+        yield from packet.decode()
 
 
 def _from_keyframe_before(container: av.container.InputContainer, stream: av.VideoStream,
@@ -59,7 +71,7 @@ def _from_keyframe_before(container: av.container.InputContainer, stream: av.Vid
     while True:
         target = start - back
         container.seek(int(target / base), stream=stream, backward=True)
-        frames = container.decode(stream)
+        frames = _decoded(container, stream)
         head = next(frames, None)
         # MPEG-TS seeks can land past the target (on a later keyframe, or at the end with
         # nothing left to decode): then seek again from further back

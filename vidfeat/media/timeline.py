@@ -2,7 +2,8 @@
 
 Times follow ``Frame.time``: PTS * time_base minus the container's start time. Packets the
 demuxer flags as discarded (frames an MP4 edit list hides, a VP9 alt-ref) are decoded by no
-backend that honours the flag, so they are listed apart: ``frame_times`` leaves them out.
+backend that honours the flag, and empty ones (Ogg Theora's "previous frame again") by none, so
+they are listed apart: ``frame_times`` leaves them out.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def packet_times(path: str | Path) -> PacketTimes:
                 if stamp is None:  # the empty packet that ends the demux
                     continue
                 stamps.append(stamp)
-                hidden.append(packet.is_discard)
+                # an empty packet (Ogg Theora's "previous frame again") decodes to no frame
+                hidden.append(packet.is_discard or packet.size == 0)
                 keyframe.append(packet.is_keyframe)
         except av.FFmpegError:
             pass  # a truncated file: keep what was read; decoding reports the loss
