@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import vidfeat
-from tests.media_matrix import BACKENDS, CASES, TONE_AT, Case, make, missing_encoders
+from tests.media_matrix import BACKENDS, CASES, SECONDS, TONE_AT, Case, make, missing_encoders
 from vidfeat.cli import main
 from vidfeat.errors import DecodeError
 from vidfeat.media import iter_frames
@@ -161,6 +161,22 @@ def test_rotated_frames_are_upright_as_ffmpeg_shows_them(made: dict[str, Path | 
     assert image.shape == shown.shape
     # 10-bit input: three FFmpeg versions convert to RGB differently (docs/decoders.md)
     assert np.abs(image - shown).mean() < 8 < np.abs(image[::-1, ::-1] - shown).mean()
+
+
+@pytest.mark.parametrize("backend", ["pyav", "torchcodec"])
+def test_theora_repeat_packets_are_no_frames(made: dict[str, Path | str], backend: str) -> None:
+    # Ogg Theora writes an empty packet for "the previous frame again": PyAV's FFmpeg 8 refused
+    # it (the decode stopped after 3-5 frames), and counted as a frame it put torchcodec's frame
+    # index off the packet times after a seek
+    theora = next(case for case in CASES if case.container == "ogv")
+    path = _file(made, theora)
+    info = probe(path)
+    times = frame_times(path)
+    assert len(times) < round(SECONDS * theora.fps)  # the empty packets are no frames
+    full = [frame.time for frame in iter_frames(info, decoder=backend)]
+    np.testing.assert_allclose(full, times, atol=1e-6)
+    tail = [frame.time for frame in iter_frames(info, decoder=backend, start_time=1.0)]
+    np.testing.assert_allclose(tail, times[times >= 1.0 - 1e-6], atol=1e-6)
 
 
 def test_every_case_was_made_or_says_why(made: dict[str, Path | str]) -> None:
