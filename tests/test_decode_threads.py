@@ -28,9 +28,10 @@ from tests.conftest import ffmpeg, make_video
 from vidfeat.extractors.pool import ExtractorPool, ExtractorSpec
 from vidfeat.media import probe
 from vidfeat.media.timeline import frame_times
-from vidfeat.pipeline.corpus import VideoSource
-from vidfeat.pipeline.engine import Engine, TaskReport, video_attrs
+from vidfeat.pipeline.corpus import VideoSource, video_attrs
+from vidfeat.pipeline.engine import Engine
 from vidfeat.pipeline.plan import WorkUnit, segments
+from vidfeat.pipeline.records import TaskReport
 from vidfeat.pipeline.stitch import stitch, stitch_and_write
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.reader import open_store

@@ -90,9 +90,31 @@ def test_a_rerun_with_nothing_to_do_starts_no_cluster(store: Path, corpus: Path,
 
 
 DRIVER_MODULES = ["vidfeat.cli", "vidfeat.pipeline.run", "vidfeat.pipeline.prepare",
+                  "vidfeat.pipeline.execute", "vidfeat.pipeline.worker",
+                  "vidfeat.pipeline.records", "vidfeat.pipeline.stitch",
                   "vidfeat.pipeline.corpus", "vidfeat.pipeline.confighash", "vidfeat.jobs.jobfile",
                   "vidfeat.jobs.submit", "vidfeat.jobs.cluster", "vidfeat.storage.index",
                   "vidfeat.storage.runs", "vidfeat.storage.inspect", "vidfeat.extractors.spec"]
+
+
+def test_the_driver_of_a_run_with_work_imports_no_torch(corpus: Path, tmp_path: Path) -> None:
+    """A first run into a new store: a worker describes the extractors (configuration hashes,
+    option and weights checks) and extracts; the driver plans, indexes and reports."""
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    check = "import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
+            "('torch', 'torchvision')))"
+    run = subprocess.run(
+        [sys.executable, "-c", "from vidfeat.cli import main; import sys; code = main(["
+         f"'extract', {str(corpus / 'talk.mp4')!r}, '--store', {str(store)!r}, "
+         f"'--random-weights', '--no-progress', '--features', 'resnet152,vggish']); {check}; "
+         "sys.exit(code)"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == "[]"
+    assert "1 extracted" in run.stdout
+    assert vidfeat.open_store(str(store)).get("talk", "vggish").shape[1] == 128
 
 
 def test_the_driver_imports_no_torch_and_a_no_op_rerun_none_at_all(store: Path,

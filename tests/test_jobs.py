@@ -141,7 +141,8 @@ def test_pbs_job_script_has_queue_walltime_cores_memory_and_gpus() -> None:
     assert "module load cuda ffmpeg" in lines and "export OMP_NUM_THREADS=8" in lines
     worker = lines[-1]
     assert "--nthreads 8" in worker and "--resources GPU=1" in worker
-    assert "--preload" not in worker  # one GPU per job: the batch system pins it
+    assert "gpu_pin" not in worker  # one GPU per job: the batch system pins it
+    assert "--preload vidfeat.pipeline.warmup" in worker
 
 
 def test_cpu_job_declares_no_gpu_resource(tmp_path: Path) -> None:

@@ -12,3 +12,15 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def visible_gpus() -> int:
+    """GPUs torch sees; 0 without importing torch on a machine with no NVIDIA driver (a CPU
+    machine's driver process then never imports torch)."""
+    import glob
+
+    if not os.path.exists("/proc/driver/nvidia/version") and not glob.glob("/dev/nvidia[0-9]*"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from vidfeat.errors import ConfigError, VidfeatError
+from vidfeat.host import visible_gpus
 
 ClusterKind = Literal["local", "address", "slurm", "pbs", "kubernetes"]
 #: the Dask worker resource GPU workers declare, one per worker process
@@ -41,7 +42,7 @@ class ClusterSpec:
         resources set where the backend starts GPU workers and the job file named none."""
         spec = self
         if spec.kind == "local" and spec.gpus == "auto":
-            spec = replace(spec, gpus=_visible_gpus())
+            spec = replace(spec, gpus=visible_gpus())
         if spec.kind == "local" and spec.workers is None:
             spec = replace(spec, workers=0 if spec.gpus else 2)
         if not spec.model_resources and spec.gpu_workers:
@@ -54,7 +55,7 @@ class ClusterSpec:
         are meant for the CPU (``device`` "cpu")."""
         if self.kind != "local" or self.gpus in (0, "auto") or device == "cpu":
             return
-        visible = _visible_gpus()
+        visible = visible_gpus()
         if int(self.gpus) > visible:
             raise ConfigError(f"--gpus {self.gpus}: torch sees {visible} GPU(s) on this "
                               f"machine; use --gpus auto (or --device cpu for GPU worker "
@@ -69,19 +70,6 @@ class ClusterSpec:
         if self.kind == "kubernetes":
             return bool(self.settings.get("gpus_per_worker"))
         return False
-
-
-def _visible_gpus() -> int:
-    """GPUs torch sees; 0 without importing torch on a machine with no NVIDIA driver (the
-    driver of a CPU machine then never imports torch)."""
-    import glob
-    import os
-
-    if not os.path.exists("/proc/driver/nvidia/version") and not glob.glob("/dev/nvidia[0-9]*"):
-        return 0
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 @contextmanager

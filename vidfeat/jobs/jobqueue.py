@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from vidfeat.jobs.cluster import ClusterError, ClusterSpec, quiet_distributed
-from vidfeat.jobs.worker_env import worker_environment
+from vidfeat.jobs.worker_env import WARMUP, worker_environment
 
 #: the address a rendered job script shows; the real one is the driver's scheduler
 PLACEHOLDER_SCHEDULER = "tcp://SCHEDULER:8786"
@@ -43,6 +43,7 @@ def job_options(kind: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         worker_args += ["--resources", "GPU=1"]
         if gpus > 1:  # the job's GPUs, one per worker process
             worker_args += ["--preload", "vidfeat.jobs.gpu_pin"]
+    worker_args += ["--preload", WARMUP]  # after gpu_pin, which must run before torch loads
     options: dict[str, Any] = {
         "cores": cores, "memory": settings["memory"], "processes": processes,
         "walltime": settings["walltime"], "job_name": settings.get("job_name", "vidfeat-worker"),

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vidfeat.jobs.cluster import ClusterError, ClusterSpec
-from vidfeat.jobs.worker_env import worker_environment
+from vidfeat.jobs.worker_env import WARMUP, worker_environment
 
 JOB_DIRECTORY = "/etc/vidfeat"
 JOB_FILE_NAME = "job.yaml"
@@ -78,6 +78,7 @@ def render(spec: ClusterSpec, job_text: str) -> list[dict[str, Any]]:
     if settings.get("gpus_per_worker"):
         # one GPU per worker pod: the device plugin sets its CUDA_VISIBLE_DEVICES
         worker_command += ["--resources", "GPU=1"]
+    worker_command += ["--preload", WARMUP]
     worker = make_worker_spec(image=image, n_workers=settings.get("workers", 2),
                               env=_env({**worker_environment(_torch_threads(settings)),
                                         **user_env}),

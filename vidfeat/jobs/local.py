@@ -9,7 +9,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from vidfeat.host import available_cores
-from vidfeat.jobs.worker_env import worker_environment
+from vidfeat.jobs.worker_env import WARMUP, worker_environment
 
 
 @contextmanager
@@ -52,7 +52,7 @@ def local_client(workers: int, threads_per_worker: int = 1, gpus: int = 0) -> It
             dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
             LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                          processes=True, dashboard_address=":0",
-                         silence_logs=logging.ERROR) as cluster, \
+                         silence_logs=logging.ERROR, preload=[WARMUP]) as cluster, \
             Client(cluster) as client:
         yield client
         _quick_shutdown(client)
@@ -90,6 +90,7 @@ def _gpu_cluster(workers: int, threads_per_worker: int, gpus: int, environ: dict
         return {"cls": Nanny, "options": {
             "nthreads": threads_per_worker, "host": "127.0.0.1", "dashboard_address": None,
             "resources": resources, "env": {**environ, "CUDA_VISIBLE_DEVICES": device},
+            "preload": [WARMUP],
             # SpecCluster's silence_logs reaches only its scheduler; LocalCluster passes it on
             "silence_logs": logging.ERROR}}
 

@@ -11,6 +11,9 @@ started without this environment is fixed too once vidfeat's plugin runs.
 from __future__ import annotations
 
 MALLOC_THRESHOLD = str(1 << 30)
+#: a preload for every worker vidfeat starts: it imports the models while the driver prepares
+#: (vidfeat.pipeline.warmup)
+WARMUP = "vidfeat.pipeline.warmup"
 
 
 def worker_environment(torch_threads: int | None = None) -> dict[str, str]:

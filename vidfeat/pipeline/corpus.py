@@ -8,8 +8,12 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vidfeat.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vidfeat.media import MediaInfo
 
 #: what a directory scan takes for a video (``--extensions`` replaces the set); a file named
 #: on the command line or in a list is tried whatever its extension
@@ -167,3 +171,11 @@ def fingerprint(path: str | Path) -> str:
             handle.seek(offset)
             digest.update(handle.read(_SAMPLE))
     return "sha256-3x1MiB:" + digest.hexdigest()[:32]
+
+
+def video_attrs(path: str, info: MediaInfo) -> dict[str, Any]:
+    """What the store keeps about a video file: its probe facts, content fingerprint, size and
+    modification time (the rerun's "unchanged file" test)."""
+    stat = os.stat(path)
+    return {**info.as_attrs(), "fingerprint": fingerprint(path), "file_size": stat.st_size,
+            "file_mtime_ns": stat.st_mtime_ns}

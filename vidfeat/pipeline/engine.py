@@ -13,7 +13,6 @@ embedded: a whole video then joins the task's pack, written as one shard when th
 from __future__ import annotations
 
 import math
-import os
 import queue
 import threading
 import time
@@ -29,41 +28,23 @@ from vidfeat.extractors._api import Extractor, Item
 from vidfeat.extractors.pool import ExtractorPool
 from vidfeat.media import Frame, MediaInfo, iter_frames, probe
 from vidfeat.media.audio import iter_audio
-from vidfeat.pipeline.corpus import fingerprint
+from vidfeat.pipeline.corpus import video_attrs
 from vidfeat.pipeline.plan import Segment, WorkUnit
-from vidfeat.pipeline.records import failed_record, feature_attrs, reason_of
-from vidfeat.storage.schema import FeatureRecord, Outcome, ShardContents, VideoRecord
+from vidfeat.pipeline.records import (
+    SegmentPart,
+    TaskReport,
+    failed_record,
+    feature_attrs,
+    outcomes,
+    reason_of,
+)
+from vidfeat.storage.schema import FeatureRecord, VideoRecord
 from vidfeat.storage.writer import write_shard
 
 # PTS * time_base is inexact in binary: times this close are the same instant
 _SAME_INSTANT = 1e-6
 #: a pack's rows in memory before it is written out (short videos never reach it)
 PACK_BYTES = 256 << 20
-
-
-@dataclass
-class SegmentPart:
-    """A finished segment's rows, kept in memory until its video is stitched."""
-
-    unit: WorkUnit
-    attrs: dict[str, Any]
-    records: list[FeatureRecord]
-    frames: int
-    seconds: float
-    model_seconds: dict[str, float]  # per feature: its share of the batches' model time
-    end: float = 0.0  # when the last frame decoded stops showing (the last segment's: the video's)
-
-
-@dataclass
-class TaskReport:
-    """What a task returns to the driver: outcomes and the index rows of the shards it wrote
-    (which the driver indexes without opening them), never feature rows."""
-
-    outcomes: list[Outcome] = field(default_factory=list)
-    shards: list[ShardContents] = field(default_factory=list)
-    parts: list[SegmentPart] = field(default_factory=list)
-    frames: int = 0
-    seconds: float = 0.0
 
 
 @dataclass
@@ -401,14 +382,6 @@ def _frames(info: MediaInfo, segment: Segment | None, decoder: str, threads: int
                        stop_time=stop, first_index=segment.start_frame, device=device)
 
 
-def video_attrs(path: str, info: MediaInfo) -> dict[str, Any]:
-    """What the store keeps about a video file: its probe facts, content fingerprint, size and
-    modification time (the rerun's "unchanged file" test)."""
-    stat = os.stat(path)
-    return {**info.as_attrs(), "fingerprint": fingerprint(path), "file_size": stat.st_size,
-            "file_mtime_ns": stat.st_mtime_ns}
-
-
 def _record(feature: _Feature, unit: WorkUnit, decoded_by: tuple[str, str] | None
             ) -> FeatureRecord:
     if feature.failure is not None:
@@ -421,11 +394,3 @@ def _record(feature: _Feature, unit: WorkUnit, decoded_by: tuple[str, str] | Non
         return failed_record(extractor, "no rows: the video is too short for this extractor")
     return FeatureRecord(extractor.name, "ok", data=data, times=times,
                          attrs=feature_attrs(extractor, feature.padded, decoded_by))
-
-
-def outcomes(unit: WorkUnit, records: list[FeatureRecord],
-             model_seconds: dict[str, float]) -> list[Outcome]:
-    return [Outcome(unit.video.video_id, record.feature, record.status, record.reason,
-                    0 if record.data is None else len(record.data),
-                    model_seconds.get(record.feature, 0.0), unit.video.path)
-            for record in records]

@@ -17,9 +17,7 @@ from collections.abc import Collection, Iterator
 from typing import Any
 
 from vidfeat.errors import StoreFullError
-from vidfeat.extractors._api import get_extractor
-from vidfeat.pipeline.corpus import VideoSource
-from vidfeat.pipeline.engine import TaskReport, video_attrs
+from vidfeat.pipeline.corpus import VideoSource, video_attrs
 from vidfeat.pipeline.plan import (
     MIN_BYTES_PER_SECOND,
     TYPICAL_BYTES_PER_SECOND,
@@ -30,7 +28,7 @@ from vidfeat.pipeline.plan import (
     task_seconds,
 )
 from vidfeat.pipeline.prepare import PreparedRun, RunOptions, RunReport, unit_key
-from vidfeat.pipeline.records import reason_of
+from vidfeat.pipeline.records import TaskReport, reason_of
 from vidfeat.pipeline.worker import extractor_plugin
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.schema import FeatureRecord, Outcome, ShardContents, VideoRecord
@@ -214,7 +212,7 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
     of them under --segment-seconds), probed first in tasks of their own. Those are waited
     for as the model tasks are: a probe running past ``task_timeout`` fails its videos, and
     once ``stop`` is set (Ctrl-C) nothing is planned: the rerun starts over."""
-    modality = {name: get_extractor(name).modality for name in run.specs}
+    modality = {name: d.modality for name, d in run.descriptions.items()}
     sizes = [_size(video.path) for video, _ in run.todo]
     seconds = task_seconds(sum(sizes) / TYPICAL_BYTES_PER_SECOND, slots,
                            run.options.segment_seconds)
@@ -329,14 +327,12 @@ def _probe_results(paths: list[str], result: Any) -> list[tuple[Any, dict | None
 
 def _clip_alignment(run: PreparedRun) -> tuple[int, int]:
     """Segment starts must be clip starts of every clip feature: a multiple of each stride;
-    and the longest clip, which a segment's decode runs past its end for. From the options
-    alone (building an extractor loads no weights)."""
+    and the longest clip, which a segment's decode runs past its end for."""
     align, longest = 1, 0
-    for spec in run.specs.values():
-        options = spec.build().options()
-        if "stride" in options and "clip_len" in options:
-            align = math.lcm(align, int(options["stride"]))
-            longest = max(longest, int(options["clip_len"]))
+    for description in run.descriptions.values():
+        if description.clip is not None:
+            stride, clip_len = description.clip
+            align, longest = math.lcm(align, stride), max(longest, clip_len)
     return align, longest
 
 
@@ -369,7 +365,7 @@ def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]]
     from distributed import wait
 
     store = str(run.store)
-    modality = {name: get_extractor(name).modality for name in run.specs}
+    modality = {name: d.modality for name, d in run.descriptions.items()}
     queue = list(reversed(tasks))
     in_flight: dict[Any, list[WorkUnit]] = {}
     segments_done: dict[str, list[Any]] = {}  # unit key -> finished segment futures

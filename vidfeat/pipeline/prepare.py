@@ -14,14 +14,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vidfeat.errors import ConfigError
 from vidfeat.extractors.precision import check_precision
 from vidfeat.extractors.spec import ExtractorSpec
+from vidfeat.host import visible_gpus
 from vidfeat.media import check_decoder
-from vidfeat.pipeline.confighash import ConfigHashes
+from vidfeat.pipeline.confighash import ConfigHashes, Describe, Description, describe_specs
 from vidfeat.pipeline.corpus import Rejected, VideoSource, extension_set, fingerprint, scan
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.lock import StoreLock
@@ -80,6 +82,8 @@ class RunOptions:
         if self.dtype not in ("float16", "float32"):
             raise ConfigError(f"--dtype must be float16 or float32, got {self.dtype!r}")
         check_decoder(self.decoder)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.decode_threads is not None and self.decode_threads < 1:
             raise ConfigError(f"--decode-threads must be at least 1, got {self.decode_threads}")
         if self.segment_seconds is not None and self.segment_seconds <= 0:
@@ -170,12 +174,17 @@ class PreparedRun:
     store: Path
     options: RunOptions
     specs: dict[str, ExtractorSpec]
-    hashes: dict[str, str]
+    descriptions: dict[str, Description]
     todo: list[tuple[VideoSource, list[str]]]
     report: RunReport
     #: paths that are no regular files: recorded as failed by ``execute``
     rejected: list[Rejected] = field(default_factory=list)
     lock: StoreLock | None = None
+
+    @property
+    def hashes(self) -> dict[str, str]:
+        """Each feature's configuration hash."""
+        return {name: d.config_hash for name, d in self.descriptions.items()}
 
     def release(self) -> None:
         """Give back the store's run lock (when ``prepare_run`` took it)."""
@@ -237,23 +246,24 @@ def _features_to_extract(video: VideoSource, index: StoreIndex, hashes: dict[str
 
 
 def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
-                lock: bool = False) -> PreparedRun:
+                lock: bool = False, describe: Describe = describe_specs) -> PreparedRun:
     """Validate everything and decide what each video needs; creates the store.
 
     ``lock``: take the store's run lock (``options.wait_lock`` seconds to wait for another
     run, None: forever) before reading the index; the caller releases it
     (``PreparedRun.release``). ``options.retry_failed``: only the features the index records
-    as failed for these videos."""
+    as failed for these videos. ``describe``: how the extractors the store does not remember
+    are described (in this process by default: torch; a run passes one that asks a worker)."""
     options.check()
     corpus = scan(sources, extensions=options.extensions)
     videos = corpus.videos
     specs = _specs(options)
-    if options.device != "auto":
-        from vidfeat.extractors.pool import resolve_device
-
-        resolve_device(options.device)  # refuse --device cuda on a machine without one now
+    if options.device.startswith("cuda") and not visible_gpus():
+        # never a silent fall back to the CPU
+        raise ConfigError(f"--device {options.device}: no CUDA device visible on this machine")
     remembered = ConfigHashes(Path(store))
-    hashes = remembered.of(specs)
+    descriptions = remembered.of(specs, describe)
+    hashes = {name: description.config_hash for name, description in descriptions.items()}
     store = create_store(store)
     remembered.save(store)
     held = StoreLock(store, wait=options.wait_lock) if lock else None
@@ -303,7 +313,8 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
         report.beyond_limit = len(todo) - options.limit
         report.videos -= report.beyond_limit
         todo = todo[:options.limit]
-    return PreparedRun(store, options, specs, hashes, todo, report, corpus.rejected, held)
+    return PreparedRun(store, options, specs, descriptions, todo, report, corpus.rejected,
+                       held)
 
 
 def _has_shards(store: Path) -> bool:

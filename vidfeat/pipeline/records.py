@@ -1,14 +1,44 @@
-"""The store records a worker builds for one feature: its attributes, and failures with a
-one-line reason."""
+"""What tasks report: the store records a worker builds for one feature (its attributes, and
+failures with a one-line reason), a finished segment's rows, and a task's report to the
+driver. Importable without torch (the driver unpickles these)."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from vidfeat import __version__
 from vidfeat.errors import VidfeatError
-from vidfeat.extractors._api import Extractor
-from vidfeat.storage.schema import FeatureRecord, Status
+from vidfeat.pipeline.plan import WorkUnit
+from vidfeat.storage.schema import FeatureRecord, Outcome, ShardContents, Status
+
+if TYPE_CHECKING:
+    from vidfeat.extractors._api import Extractor
+
+
+@dataclass
+class SegmentPart:
+    """A finished segment's rows, kept in memory until its video is stitched."""
+
+    unit: WorkUnit
+    attrs: dict[str, Any]
+    records: list[FeatureRecord]
+    frames: int
+    seconds: float
+    model_seconds: dict[str, float]  # per feature: its share of the batches' model time
+    end: float = 0.0  # when the last frame decoded stops showing (the last segment's: the video's)
+
+
+@dataclass
+class TaskReport:
+    """What a task returns to the driver: outcomes and the index rows of the shards it wrote
+    (which the driver indexes without opening them), never feature rows."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    shards: list[ShardContents] = field(default_factory=list)
+    parts: list[SegmentPart] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
 
 
 def feature_attrs(extractor: Extractor, padded: bool = False,
@@ -47,3 +77,11 @@ def reason_of(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     first = text[0] if text else ""
     return first if isinstance(error, VidfeatError) else f"{type(error).__name__}: {first}"
+
+
+def outcomes(unit: WorkUnit, records: list[FeatureRecord],
+             model_seconds: dict[str, float]) -> list[Outcome]:
+    return [Outcome(unit.video.video_id, record.feature, record.status, record.reason,
+                    0 if record.data is None else len(record.data),
+                    model_seconds.get(record.feature, 0.0), unit.video.path)
+            for record in records]

@@ -2,7 +2,8 @@
 ``prepare_run`` and ``execute``: the store's run lock, the run report in ``DIR/runs/``,
 Ctrl-C (the first stops submitting, the second stops at once), per-task timeouts.
 
-``prepare_run`` does everything that can fail on bad input before any worker starts;
+``prepare_run`` does everything that can fail on bad input before any task is submitted
+(an extractor the store has not seen is described by a worker, where torch is);
 ``execute`` runs a prepared run on a connected client (jobs/ decides where it comes from).
 """
 
@@ -17,6 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from vidfeat.extractors.spec import ExtractorSpec
+from vidfeat.pipeline.confighash import Description, describe_specs
+from vidfeat.pipeline.execute import execute, register_plugin
 from vidfeat.pipeline.prepare import (
     EXIT_BROKEN,
     EXIT_FAILURES,
@@ -45,14 +49,23 @@ def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
     (``task_timeout``) and whether to retry only failures (``retry_failed``), so a job file
     sets them as the flags do.
     ``allowed_failures``: deaths of a worker running a task before the task is recorded as
-    failed (a video that kills its worker, out of memory say)."""
-    import dask
-    import distributed  # noqa: F401  (its config defaults, which dask.config.set extends)
+    failed (a video that kills its worker, out of memory say).
 
+    The driver imports no torch: extractors the store's memo does not know are described by
+    a worker, so the cluster opens as soon as one is needed (while preparing, then), and not
+    at all when every video is up to date."""
     started = time.time()
-    run = prepare_run(sources, store, options, lock=True)
-    configuration = configuration or {}
+    with contextlib.ExitStack() as stack:
+        cluster = _Cluster(open_cluster, stack, allowed_failures)
+        run = prepare_run(sources, store, options, lock=True, describe=cluster.describe)
+        try:
+            return _run_prepared(run, cluster, stack, started, configuration or {})
+        finally:
+            run.release()
 
+
+def _run_prepared(run: PreparedRun, cluster: _Cluster, stack: contextlib.ExitStack,
+                  started: float, configuration: dict[str, Any]) -> RunReport:
     def record(exit_code: int | None, interrupted: bool = False) -> None:
         write_report(run.store, build_report(
             run.report.outcomes, started=started, ended=time.time(), command=sys.argv,
@@ -64,22 +77,19 @@ def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
         if not run.todo and not run.rejected:  # every video up to date: no cluster to start
             record(run.report.exit_code)
             return run.report
-        from vidfeat.pipeline.execute import execute, register_plugin  # torch: work to do
-
         record(None)
-        with _first_interrupt_stops(stop) as spawning, contextlib.ExitStack() as stack:
-            with spawning(), dask.config.set(
-                    {"distributed.scheduler.allowed-failures": allowed_failures}):
-                client = stack.enter_context(open_cluster())
-            register_plugin(client, _ignore_interrupts_plugin(), "vidfeat-ignore-interrupts")
-            report = execute(run, client, stop=stop, task_timeout=options.task_timeout)
-        # the workers are gone: a task that finished as the cluster closed is indexed, and
-        # the journal of this run's shards is emptied
+        with _first_interrupt_stops(stop):
+            report = execute(run, cluster.client(), stop=stop,
+                             task_timeout=run.options.task_timeout)
+            stack.close()  # the cluster: its workers are gone
+        # a task that finished as the cluster closed is indexed, and the journal of this
+        # run's shards is emptied
         StoreIndex(run.store).recover()
         record(report.exit_code, report.interrupted)
         return report
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):
+            stack.close()
             # the workers are gone: a shard they finished is indexed, one half written removed
             StoreIndex(run.store).recover()
             record(EXIT_INTERRUPTED, interrupted=True)
@@ -88,21 +98,61 @@ def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
         with contextlib.suppress(Exception):  # a full disk may refuse the report too
             record(EXIT_BROKEN)
         raise
-    finally:
-        run.release()
+
+
+class _Cluster:
+    """The run's cluster, opened on first use: by ``describe`` when the store's memo lacks an
+    extractor (a worker describes it), else once there is work to do. Its worker processes
+    ignore SIGINT (inherited from the driver while they start), so that a terminal's Ctrl-C,
+    sent to the whole process group, reaches only the driver, which decides."""
+
+    def __init__(self, open_cluster: Callable[[], contextlib.AbstractContextManager[Any]],
+                 stack: contextlib.ExitStack, allowed_failures: int) -> None:
+        self._open = open_cluster
+        self._stack = stack
+        self._allowed_failures = allowed_failures
+        self._client: Any = None
+
+    def client(self) -> Any:
+        if self._client is None:
+            import dask
+            import distributed  # noqa: F401  (its config defaults, which dask.config.set extends)
+
+            with _interrupts_ignored(), dask.config.set(
+                    {"distributed.scheduler.allowed-failures": self._allowed_failures}):
+                client = self._stack.enter_context(self._open())
+            register_plugin(client, _ignore_interrupts_plugin(), "vidfeat-ignore-interrupts")
+            self._client = client
+        return self._client
+
+    def describe(self, specs: dict[str, ExtractorSpec]) -> dict[str, Description]:
+        """``describe_specs`` on a worker (which imports torch for its tasks anyway)."""
+        client = self.client()
+        return client.submit(describe_specs, specs, pure=False,
+                             key=f"vidfeat-describe-{time.time_ns()}").result()
 
 
 @contextlib.contextmanager
-def _first_interrupt_stops(stop: threading.Event) -> Iterator[Callable[[], Any]]:
+def _interrupts_ignored() -> Iterator[None]:
+    """Processes started inside ignore SIGINT (they inherit it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _first_interrupt_stops(stop: threading.Event) -> Iterator[None]:
     """While inside: the first SIGINT sets ``stop``, the second raises KeyboardInterrupt, and
     SIGTERM raises it at once (systemd's stop, Slurm's time limit and Kubernetes' pod deletion
     send it, then SIGKILL within 30-90 s: no time to finish the tasks in flight, but enough to
-    index what is done and write the run report). Yields a context manager to wrap the
-    cluster's start in: worker processes started inside it ignore SIGINT (inherited), so a
-    terminal's Ctrl-C, sent to the whole process group, reaches only the driver, which
-    decides."""
+    index what is done and write the run report)."""
     if threading.current_thread() is not threading.main_thread():
-        yield contextlib.nullcontext
+        yield
         return
 
     def on_interrupt(signum: int, frame: Any) -> None:
@@ -111,14 +161,6 @@ def _first_interrupt_stops(stop: threading.Event) -> Iterator[Callable[[], Any]]
         stop.set()
         print(f"\nvidfeat: interrupted: finishing the tasks in flight (Ctrl-C again to stop "
               f"at once); {RESUME_HINT}", file=sys.stderr, flush=True)
-
-    @contextlib.contextmanager
-    def ignoring() -> Iterator[None]:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, on_interrupt)
 
     def on_terminate(signum: int, frame: Any) -> None:
         stop.set()
@@ -129,7 +171,7 @@ def _first_interrupt_stops(stop: threading.Event) -> Iterator[Callable[[], Any]]
     previous = signal.signal(signal.SIGINT, on_interrupt)
     previous_terminate = signal.signal(signal.SIGTERM, on_terminate)
     try:
-        yield ignoring
+        yield
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_terminate)

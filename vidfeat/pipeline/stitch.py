@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vidfeat.pipeline.engine import SegmentPart, TaskReport, outcomes
+from vidfeat.pipeline.records import SegmentPart, TaskReport, outcomes
 from vidfeat.storage.schema import FeatureRecord, VideoRecord
 from vidfeat.storage.writer import write_shard
 

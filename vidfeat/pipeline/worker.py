@@ -8,9 +8,7 @@ from __future__ import annotations
 import os
 import socket
 
-import torch
-
-from vidfeat.extractors.pool import ExtractorPool, ExtractorSpec
+from vidfeat.extractors.spec import ExtractorSpec
 from vidfeat.host import available_cores
 from vidfeat.malloc import tune_malloc
 
@@ -28,6 +26,11 @@ class WorkerState:
     """One per worker process and run: the tuned process and the extractor pool."""
 
     def __init__(self, specs: dict[str, ExtractorSpec], device: str, torch_threads: int) -> None:
+        # here, not at the top: the driver imports this module (for the plugin) without torch
+        import torch
+
+        from vidfeat.extractors.pool import ExtractorPool
+
         tune_malloc()
         torch.set_num_threads(torch_threads)
         self.torch_threads = torch_threads
