@@ -60,7 +60,8 @@ def iter_audio(info: MediaInfo, *, sample_rate: int = SAMPLE_RATE,
     """``(first_sample_index, block)`` for samples ``[start_sample, stop_sample)`` of the first
     audio stream resampled to ``sample_rate``, channels averaged with equal weights (as VGGish's
     reference does; ffmpeg's ``-ac 1`` would weight 5.1's centre and surround channels and drop
-    the LFE). Sample 0 is the first decoded sample, at ``info.audio_start`` seconds.
+    the LFE). Sample 0 is at ``info.audio_start`` seconds and every sample at its frame's
+    presentation time: the codec's start padding before the first decoded frame is silence.
 
     Blocks hold ``block_samples`` samples, the last one fewer. A ``start_sample`` past
     ``SEEK_MARGIN_S`` seeks and cuts at the exact sample where the container's timestamps are
