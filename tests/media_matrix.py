@@ -93,9 +93,8 @@ CASES = [
          audio_rate=44100),
     Case("prores_pcm_mov", "mov", "ProRes 422 + PCM",
          ("-c:v", "prores_ks", "-profile:v", "2"), ("-c:a", "pcm_s16le"), size="128x96"),
-    # decord: see test_media_matrix.test_dv_with_decord
     Case("dv_pal_dv", "dv", "DV (PAL 720x576) + PCM", ("-c:v", "dvvideo", "-pix_fmt", "yuv420p"),
-         ("-c:a", "pcm_s16le", "-ac", "2"), size="720x576", fps=25, backends=NO_DECORD),
+         ("-c:a", "pcm_s16le", "-ac", "2"), size="720x576", fps=25),
     Case("h263_aac_3gp", "3gp", "H.263 + AAC", ("-c:v", "h263"), ("-c:a", "aac", "-ac", "1"),
          size="128x96", audio_rate=16000),
     Case("h264_eac3_mkv", "mkv", "H.264 + E-AC-3", X264, ("-c:a", "eac3")),

@@ -79,11 +79,20 @@ def probe(path: str | Path) -> MediaInfo:
                              video_codec="", has_video=False, **fields)
         context = video.codec_context
         return MediaInfo(
-            fps=float(video.average_rate or video.base_rate or 0.0),
+            fps=_frame_rate(video),
             width=context.width, height=context.height,
             rotation=_rotation(container, video),
             frame_count=video.frames or None,
             video_codec=context.codec.canonical_name, **fields)
+
+
+def _frame_rate(video: av.video.stream.VideoStream) -> float:
+    """The average frame rate (ffprobe's avg_frame_rate), or the stream's base rate where the
+    average is only the time base (FFmpeg 7 gives a DV stream 60000 fps: its 1/60000 s)."""
+    average, base = video.average_rate, video.base_rate
+    if average and video.time_base and average == 1 / video.time_base and base != average:
+        average = None
+    return float(average or base or 0.0)
 
 
 def _one_line(error: BaseException) -> str:
