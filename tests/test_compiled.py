@@ -12,7 +12,8 @@ from torchvision.models import resnet18
 
 import vidfeat
 from tests.conftest import make_video
-from vidfeat.cli import EXIT_USAGE, main
+from vidfeat.cli import main
+from vidfeat.errors import ExitCode
 from vidfeat.extractors._api import FeatureNode
 from vidfeat.extractors.compiled import CompiledNetwork
 from vidfeat.extractors.pool import ExtractorSpec
@@ -65,7 +66,7 @@ def test_compile_without_a_compiler_is_one_line(tmp_path: Path, monkeypatch: pyt
     monkeypatch.delenv("CXX", raising=False)
     code = main(["extract", str(video), "--store", str(tmp_path / "store"), "--features",
                  "vggish", "--random-weights", "--compile", "--no-progress"])
-    assert code == EXIT_USAGE
+    assert code == ExitCode.USAGE
     error = capsys.readouterr().err.strip().splitlines()
     assert any("--compile needs a C++ compiler" in line for line in error)
     assert not (tmp_path / "store").exists()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vidfeat.api import extract
+
 __version__ = "0.1.0"
-__all__ = ["__version__", "open_store"]
+__all__ = ["__version__", "extract", "open_store"]
 
 if TYPE_CHECKING:
     from vidfeat.storage.reader import FeatureStore
@@ -16,3 +18,4 @@ def open_store(path: str) -> FeatureStore:
     from vidfeat.storage.reader import open_store as _open_store
 
     return _open_store(path)
+

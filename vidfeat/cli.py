@@ -2,11 +2,7 @@
 
 The `vidfeat` command; heavy imports happen inside the commands so `--help` is fast.
 
-Exit codes: 0 success; 1 finished with problems (failed videos, verify found problems, a
-selftest missed its reference); 2 bad usage, configuration or weights (nothing was done);
-3 the run broke (store unwritable, full, locked by another run or of an unknown schema, cluster
-unreachable, any unexpected error); 130 stopped by Ctrl-C after storing what finished; 141
-(128 + SIGPIPE) silently, when the reader of stdout went away (`vidfeat inspect DIR | head`).
+Exit codes: ``vidfeat.errors.ExitCode``.
 """
 
 from __future__ import annotations
@@ -22,15 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vidfeat import __version__
-from vidfeat.errors import ConfigError, StoreError, VidfeatError, WeightsError
+from vidfeat.errors import ConfigError, ExitCode, StoreError, VidfeatError, WeightsError
 
 if TYPE_CHECKING:
     from vidfeat.jobs.jobfile import Job
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_BROKEN = 0, 1, 2, 3
-EXIT_INTERRUPTED = 130
-# what a shell reports for a process that SIGPIPE killed, as `cat big | head` does
-EXIT_BROKEN_PIPE = 141
 
 
 def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
@@ -140,11 +132,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     job = load_job(args.job).with_flags(scheduler=args.scheduler)
     if args.dry_run:
         print(dry_run(job))
-        return EXIT_OK
+        return ExitCode.OK
     if job.cluster.kind == "kubernetes":
         for created in submit_to_kubernetes(job):
             print(f"created {created}")
-        return EXIT_OK
+        return ExitCode.OK
     return _run_job(job)
 
 
@@ -161,7 +153,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print("\n\n".join(listings))
         if args.failures and not failures:  # on stderr: `inspect --failures | wc -l` says 0
             print("no failures", file=sys.stderr)
-        return EXIT_OK
+        return ExitCode.OK
     if args.plot:
         from vidfeat.storage.plot import plot_video
 
@@ -169,7 +161,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             raise ConfigError("--plot needs a VIDEO_ID")
         print(f"wrote {plot_video(args.store, args.video_id, args.plot)}")
     print(summarize(args.store, args.video_id))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -179,7 +171,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for problem in problems:
         print(problem)
     print(f"{len(problems)} problems" if problems else "store OK")
-    return EXIT_PROBLEMS if problems else EXIT_OK
+    return ExitCode.PROBLEMS if problems else ExitCode.OK
 
 
 def _positive_int(text: str) -> int:
@@ -198,7 +190,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     merge(args.store, args.out, parts=args.parts)
     for path in part_paths(args.out, args.parts):
         print(f"wrote {path}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -228,7 +220,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         labels = read_labels(args.labels) if args.labels else None
         count = export_paddle(args.store, args.outdir, labels=labels, **image_audio)
     print(f"exported {count} {'videos' if args.format == 'hdf5' else 'files'} to {args.outdir}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _train_options(args: argparse.Namespace):  # -> TrainOptions, imported lazily
@@ -255,7 +247,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(str(error)) from error
     print(json.dumps(metrics, indent=2))
     print(f"wrote {Path(args.out) / CHECKPOINT}, metrics.json and curves.png")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -272,14 +264,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from vidfeat.storage.migrate import migrate
 
     print(migrate(args.store))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
@@ -294,17 +286,17 @@ def cmd_weights(args: argparse.Namespace) -> int:
             print(f"{name:26} {spec.extractor or '(aux)':12} {state:9} sha256 {expected:10} "
                   f"{path or spec.url}")
             print(f"{'':26} licence: {spec.licence}")
-        return EXIT_OK
+        return ExitCode.OK
     if args.action == "fetch":
         for name in args.names:
             print(f"{name}: {weights.fetch(name, weights_dir, args.mirror)}")
-        return EXIT_OK
+        return ExitCode.OK
     if args.action == "import":
         if len(args.names) != 2:
             raise ConfigError("usage: vidfeat weights import NAME FILE")
         name, source = args.names
         print(f"{name}: {weights.import_file(name, Path(source), weights_dir)}")
-        return EXIT_OK
+        return ExitCode.OK
     return _selftest(weights_dir)
 
 
@@ -328,7 +320,7 @@ def _selftest(weights_dir: Path | None) -> int:
         result = smoke_test(extractor)
         failed += not result["passed"]
         print(f"{name}: {'PASSED' if result['passed'] else 'FAILED'} {result}")
-    return EXIT_PROBLEMS if failed else EXIT_OK
+    return ExitCode.PROBLEMS if failed else ExitCode.OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -528,29 +520,29 @@ def main(argv: list[str] | None = None) -> int:
         # not SIG_DFL for SIGPIPE: that would kill the driver on a socket to a dead worker
         if not _stdout_reader_gone():
             print(f"vidfeat: error: {error}", file=sys.stderr)
-            return EXIT_BROKEN
+            return ExitCode.BROKEN
         _quiet_stdout()
-        return EXIT_BROKEN_PIPE
+        return ExitCode.BROKEN_PIPE
     except (ConfigError, WeightsError) as error:
         print(f"vidfeat: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except (StoreError, VidfeatError, OSError) as error:
         print(f"vidfeat: error: {error}", file=sys.stderr)
-        return EXIT_BROKEN
+        return ExitCode.BROKEN
     except KeyError as error:
         print(f"vidfeat: error: {error.args[0] if error.args else error}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         print("vidfeat: stopped at once; rerun the same command to resume",
               file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except Exception as error:  # a broken run is one line and exit 3; -v shows where
         if args.verbose:
             logging.exception("unexpected error")
         text = str(error).strip().splitlines()
         print(f"vidfeat: error: {type(error).__name__}: {text[0] if text else ''}".rstrip(": "),
               file=sys.stderr)
-        return EXIT_BROKEN
+        return ExitCode.BROKEN
 
 
 def console() -> None:

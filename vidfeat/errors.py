@@ -1,6 +1,29 @@
-"""The few exception types vidfeat raises; each also derives from the matching built-in."""
+"""The few exception types vidfeat raises (each also derives from the matching built-in), and
+the exit codes of the ``vidfeat`` command and of a run's report."""
 
 from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What a ``vidfeat`` command's exit status means (also ``RunReport.exit_code``)."""
+
+    #: every requested feature is in the store (a video without audio has its vggish
+    #: recorded as skipped); other commands: done
+    OK = 0
+    #: finished with problems: failed videos (each with its reason in the store and the
+    #: report), ``verify`` found problems, a selftest missed its reference
+    PROBLEMS = 1
+    #: bad usage, configuration or weights: nothing was done
+    USAGE = 2
+    #: the run broke: store unwritable, full, locked by another run or of an unknown schema,
+    #: cluster unreachable, any unexpected error
+    BROKEN = 3
+    #: stopped by Ctrl-C (or SIGTERM) after storing and indexing what finished
+    INTERRUPTED = 130
+    #: 128 + SIGPIPE, silently, when the reader of stdout went away (``vidfeat inspect | head``)
+    BROKEN_PIPE = 141
 
 
 class VidfeatError(Exception):

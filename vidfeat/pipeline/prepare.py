@@ -1,12 +1,7 @@
-"""Deciding what a run extracts, before any worker starts: the run's options, its report
-(one ``Outcome`` per video and feature), and ``prepare_run``, which validates everything, takes
-the store's run lock and compares each video with the store.
-
-Exit codes (see README): 0 every requested feature is in the store (a video without audio has
-its vggish recorded as skipped), 1 some videos or features failed (each with its reason in the
-store and the report), 2 bad usage or configuration (nothing was extracted), 3 the run itself
-broke (cluster unreachable, store unwritable or full, store locked by another run), 130 the
-run was interrupted (Ctrl-C) after indexing what finished.
+"""Deciding what a run extracts, before any task runs: the run's options, its report (one
+``Outcome`` per video and feature, and the exit code, ``vidfeat.errors.ExitCode``), and
+``prepare_run``, which validates everything, takes the store's run lock and compares each
+video with the store.
 """
 
 from __future__ import annotations
@@ -18,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vidfeat.errors import ConfigError
+from vidfeat.errors import ConfigError, ExitCode
 from vidfeat.extractors.precision import check_precision
 from vidfeat.extractors.spec import ExtractorSpec
 from vidfeat.host import visible_gpus
@@ -30,8 +25,6 @@ from vidfeat.storage.lock import StoreLock
 from vidfeat.storage.schema import INDEX_FILE, SHARD_DIR, Outcome
 from vidfeat.storage.writer import create_store
 
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_BROKEN = 0, 1, 2, 3
-EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 RESUME_HINT = "rerun the same command to resume"
 
 log = logging.getLogger(__name__)
@@ -130,10 +123,10 @@ class RunReport:
         return len(done - self.failed_videos)
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         if self.interrupted:
-            return EXIT_INTERRUPTED
-        return EXIT_FAILURES if self.failed else EXIT_OK
+            return ExitCode.INTERRUPTED
+        return ExitCode.PROBLEMS if self.failed else ExitCode.OK
 
     def summary(self) -> str:
         # an audio-only run, or one with nothing to do, decodes no frame: no frame rate

@@ -18,15 +18,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from vidfeat.errors import ExitCode
 from vidfeat.extractors.spec import ExtractorSpec
 from vidfeat.pipeline.confighash import Description, describe_specs
 from vidfeat.pipeline.execute import execute, register_plugin
 from vidfeat.pipeline.prepare import (
-    EXIT_BROKEN,
-    EXIT_FAILURES,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
     RESUME_HINT,
     PreparedRun,
     RunOptions,
@@ -92,11 +88,11 @@ def _run_prepared(run: PreparedRun, cluster: _Cluster, stack: contextlib.ExitSta
             stack.close()
             # the workers are gone: a shard they finished is indexed, one half written removed
             StoreIndex(run.store).recover()
-            record(EXIT_INTERRUPTED, interrupted=True)
+            record(ExitCode.INTERRUPTED, interrupted=True)
         raise
     except BaseException:
         with contextlib.suppress(Exception):  # a full disk may refuse the report too
-            record(EXIT_BROKEN)
+            record(ExitCode.BROKEN)
         raise
 
 
@@ -190,5 +186,4 @@ def _ignore_interrupts_plugin() -> object:
     return IgnoreInterrupts()
 
 
-__all__ = ["EXIT_BROKEN", "EXIT_FAILURES", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE",
-           "PreparedRun", "RunOptions", "RunReport", "prepare_run", "run_extraction"]
+__all__ = ["PreparedRun", "RunOptions", "RunReport", "prepare_run", "run_extraction"]
