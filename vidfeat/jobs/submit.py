@@ -98,8 +98,8 @@ def _plan(job: Job, options: RunOptions) -> list[str]:
     if len(run.todo) > PLAN_LISTED:
         lines.append(f"  ... and {len(run.todo) - PLAN_LISTED} more")
     lines += [f"  cannot start: {o.video_id} {o.feature}: {o.reason}" for o in report.failed]
-    lines.append("tasks: cut on the workers after probing the videos (packs of short videos, "
-                 "segments of long ones)")
+    lines.append("tasks: packs of short videos (each probed by the task that decodes it) and "
+                 "segments of long ones")
     return lines
 
 
