@@ -44,7 +44,8 @@ vidfeat() {
 PYTHON_PREAMBLE = """\
 import functools
 import vidfeat
-vidfeat.extract = functools.partial(vidfeat.extract, random_weights=True, progress=False)
+vidfeat.extract = functools.partial(vidfeat.extract, random_weights=True, workers=1,
+                                    progress=False)
 """
 
 
