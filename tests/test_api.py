@@ -45,3 +45,23 @@ def test_extract_refuses_unknown_options_before_anything_starts(corpus: Path,
     with pytest.raises(ConfigError, match="--batch-size must be at least 1"):
         vidfeat.extract(corpus, tmp_path / "store", batch_size=0, random_weights=True)
     assert not (tmp_path / "store").exists()
+
+
+def test_the_extractor_registry_names_every_builtin_without_importing_torch() -> None:
+    import subprocess
+    import sys
+
+    check = ("import sys; from vidfeat.extractors import list_extractors, check_extractor_name; "
+             "names = list_extractors(); [check_extractor_name(n) for n in names]; "
+             "print(names, [m for m in sys.modules if m.split('.')[0] == 'torch'])")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == ("['c3d', 'r2plus1d_18', 'r3d_18', 'resnet152', 's3d', 'vggish'] "
+                           "[]")
+    from vidfeat.extractors import Extractor, get_extractor, list_extractors
+
+    for name in list_extractors():
+        extractor = get_extractor(name)
+        assert issubclass(extractor, Extractor) and extractor.name == name
+    with pytest.raises(ConfigError, match="unknown extractor 'resnet'; known: c3d, "):
+        get_extractor("resnet")

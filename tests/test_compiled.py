@@ -14,7 +14,7 @@ import vidfeat
 from tests.conftest import make_video
 from vidfeat.cli import main
 from vidfeat.errors import ExitCode
-from vidfeat.extractors._api import FeatureNode
+from vidfeat.extractors.base import FeatureNode
 from vidfeat.extractors.compiled import CompiledNetwork
 from vidfeat.extractors.pool import ExtractorSpec
 

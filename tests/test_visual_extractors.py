@@ -25,7 +25,7 @@ from torchvision.models import ResNet152_Weights
 from torchvision.models.video import R2Plus1D_18_Weights, R3D_18_Weights, S3D_Weights
 
 from vidfeat.errors import ConfigError, WeightsError
-from vidfeat.extractors._api import Extractor, Item, Sampler
+from vidfeat.extractors.base import Extractor, Item, Sampler
 from vidfeat.extractors.c3d import C3D, C3DExtractor
 from vidfeat.extractors.resnet import ResNet152Extractor
 from vidfeat.extractors.video_models import R2Plus1D18Extractor, R3D18Extractor, S3DExtractor

@@ -1,19 +1,33 @@
-"""Feature extractors: one module per model family, a registry, and weights management.
+"""Feature extractors: one module per model family, the registry (``registry.py``: which
+exist, by name), the contract every extractor follows and the samplers they share
+(``base.py``), and weights management (``weights.py``).
 
-The names below are imported on first use: importing this package (as the driver does, for
-``ExtractorSpec`` or the precisions) does not import torch.
+The registry is imported at once (no torch); the contract's names on first use, so that
+importing this package, as the driver does, does not import torch.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Extractor", "Item", "get_extractor", "list_extractors"]
+from vidfeat.extractors.registry import (
+    RUN_OPTION_OVERRIDES,
+    check_extractor_name,
+    check_options,
+    get_extractor,
+    list_extractors,
+    register_extractor,
+)
+
+_BASE = ("ClipSampler", "Extractor", "FeatureNode", "FrameSampler", "Item", "Sampler",
+         "resize_per_channel")
+__all__ = [*_BASE, "RUN_OPTION_OVERRIDES", "check_extractor_name", "check_options",
+           "get_extractor", "list_extractors", "register_extractor"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from vidfeat.extractors import _api
+    if name in _BASE:
+        from vidfeat.extractors import base
 
-        return getattr(_api, name)
+        return getattr(base, name)
     raise AttributeError(f"module 'vidfeat.extractors' has no attribute {name!r}")

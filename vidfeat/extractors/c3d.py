@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidfeat.errors import ConfigError, WeightsError
-from vidfeat.extractors._api import ClipSampler, Extractor, Sampler, register_extractor
+from vidfeat.extractors.base import ClipSampler, Extractor, Sampler
 from vidfeat.extractors.weights import LoadedWeights, sha256_file
 from vidfeat.media.frames import Frame
 from vidfeat.media.probe import MediaInfo
@@ -108,7 +108,6 @@ class _C3DLayer(nn.Module):
         return self.model(clips, layer=self.layer)
 
 
-@register_extractor
 class C3DExtractor(Extractor):
     """One row per 16-frame clip, a clip every ``stride`` frames (16 as the reference; 8 for
     ActivityNet's features). ``layer`` "fc6" (default; "fc7" with ``pca``) or "fc7";

@@ -9,7 +9,7 @@ import threading
 import torch
 
 from vidfeat.errors import ConfigError
-from vidfeat.extractors._api import Extractor
+from vidfeat.extractors.base import Extractor
 from vidfeat.extractors.spec import ExtractorSpec
 from vidfeat.malloc import release_freed_memory
 

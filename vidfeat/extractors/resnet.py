@@ -20,12 +20,11 @@ from torchvision.transforms._presets import ImageClassification
 from torchvision.transforms.functional import resize
 
 from vidfeat.errors import ConfigError
-from vidfeat.extractors._api import (
+from vidfeat.extractors.base import (
     Extractor,
     FeatureNode,
     FrameSampler,
     Sampler,
-    register_extractor,
     resize_per_channel,
 )
 from vidfeat.media.frames import Frame
@@ -41,7 +40,6 @@ CROP_SIZE = 224
 FEATURE_NODE = "flatten"
 
 
-@register_extractor
 class ResNet152Extractor(Extractor):
     """One 2048-d row per sampled frame: ``fps`` frames per second (default 1.0) by
     presentation time, or ``frames`` frames spread uniformly over the video (S2VT style)."""

@@ -13,7 +13,7 @@ from vidfeat.extractors.precision import Precision, check_precision
 if TYPE_CHECKING:
     import torch
 
-    from vidfeat.extractors._api import Extractor
+    from vidfeat.extractors.base import Extractor
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class ExtractorSpec:
         check_precision(self.precision)
 
     def build(self) -> Extractor:
-        from vidfeat.extractors._api import check_options, get_extractor
+        from vidfeat.extractors.registry import check_options, get_extractor
 
         check_options(self.name, self.options)
         try:

@@ -23,7 +23,7 @@ except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct
 
 from vidfeat.errors import ConfigError, WeightsError
-from vidfeat.extractors._api import Extractor, Item, register_extractor
+from vidfeat.extractors.base import Extractor, Item
 from vidfeat.extractors.vggish_mel import (
     EXAMPLE_FRAMES,
     EXAMPLE_SAMPLES,
@@ -158,7 +158,6 @@ def postprocess_embeddings(embeddings: np.ndarray, pca: PcaParams) -> np.ndarray
     return scaled.astype(np.uint8).astype(np.float32)
 
 
-@register_extractor
 class VGGish(Extractor):
     """AudioSet VGGish embeddings, one row per 0.96 s example.
 

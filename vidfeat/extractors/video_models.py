@@ -22,12 +22,11 @@ from torchvision.transforms._presets import VideoClassification
 from torchvision.transforms.functional import resize
 
 from vidfeat.errors import ConfigError
-from vidfeat.extractors._api import (
+from vidfeat.extractors.base import (
     ClipSampler,
     Extractor,
     FeatureNode,
     Sampler,
-    register_extractor,
     resize_per_channel,
 )
 from vidfeat.media.frames import Frame
@@ -103,7 +102,6 @@ class _TorchvisionVideoExtractor(Extractor):
         return self.transform(image)
 
 
-@register_extractor
 class R2Plus1D18Extractor(_TorchvisionVideoExtractor):
     """R(2+1)D-18: ``flatten(avgpool(layer4))``, the 512 values fed to ``fc``."""
 
@@ -116,7 +114,6 @@ class R2Plus1D18Extractor(_TorchvisionVideoExtractor):
     builder = video.r2plus1d_18
 
 
-@register_extractor
 class R3D18Extractor(_TorchvisionVideoExtractor):
     """R3D-18: ``flatten(avgpool(layer4))``, the 512 values fed to ``fc``."""
 
@@ -129,7 +126,6 @@ class R3D18Extractor(_TorchvisionVideoExtractor):
     builder = video.r3d_18
 
 
-@register_extractor
 class S3DExtractor(_TorchvisionVideoExtractor):
     """S3D: the ``avgpool`` output (1024 channels; kernel 2x7x7, stride 1) averaged over time
     and space. torchvision's ``S3D.forward`` applies the 1x1x1 classifier convolution before

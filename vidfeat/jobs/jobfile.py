@@ -153,7 +153,7 @@ def job_from_document(document: Any, origin: str, base: Path, text: str = "") ->
 
 def _check_features(run: dict[str, Any], origin: str) -> None:
     """Extractor names and options checked now, so the error names the job file's key."""
-    from vidfeat.extractors._api import check_options, get_extractor
+    from vidfeat.extractors.registry import check_options, get_extractor
 
     for name in run["features"]:
         try:

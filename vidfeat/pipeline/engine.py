@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vidfeat.errors import DeviceDecodeError, VidfeatError
-from vidfeat.extractors._api import Extractor, Item
+from vidfeat.extractors.base import Extractor, Item
 from vidfeat.extractors.pool import ExtractorPool
 from vidfeat.media import Frame, MediaInfo, iter_frames, probe
 from vidfeat.media.audio import iter_audio
@@ -218,11 +218,11 @@ class Engine:
         """The unit's probe facts and store attributes: the planner's, or probed here, once
         per video and task (its visual and audio units share them)."""
         if unit.info is not None:
-            return unit.info, unit.attrs or video_attrs(unit.video.path, unit.info)
+            return unit.info, unit.attrs or video_attrs(unit.video, unit.info)
         known = self._probed.get(unit.video.path)
         if known is None:
             info = probe(unit.video.path)
-            known = self._probed[unit.video.path] = (info, video_attrs(unit.video.path, info))
+            known = self._probed[unit.video.path] = (info, video_attrs(unit.video, info))
         return known
 
     def _decode_all(self, waiting: queue.SimpleQueue, messages: queue.Queue) -> None:

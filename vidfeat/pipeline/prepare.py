@@ -15,11 +15,13 @@ from pathlib import Path
 
 from vidfeat.errors import ConfigError, ExitCode
 from vidfeat.extractors.precision import check_precision
+from vidfeat.extractors.registry import check_extractor_name
 from vidfeat.extractors.spec import ExtractorSpec
 from vidfeat.host import visible_gpus
 from vidfeat.media import check_decoder
 from vidfeat.pipeline.confighash import ConfigHashes, Describe, Description, describe_specs
 from vidfeat.pipeline.corpus import Rejected, VideoSource, extension_set, fingerprint, scan
+from vidfeat.pipeline.sources import remote_fingerprint
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.lock import StoreLock
 from vidfeat.storage.schema import INDEX_FILE, SHARD_DIR, Outcome
@@ -193,6 +195,7 @@ def _specs(options: RunOptions) -> dict[str, ExtractorSpec]:
         raise ConfigError(f"options given for extractors not in --features: {sorted(unknown)}")
     specs = {}
     for name in options.features:
+        check_extractor_name(name)  # now, not on a worker once the cluster has started
         extractor_options = dict(options.extractor_options.get(name, {}))
         # precision is a run option that a feature may override: --set c3d.precision=bf16
         precision = check_precision(extractor_options.pop("precision", options.precision))
@@ -221,11 +224,15 @@ def _features_to_extract(video: VideoSource, index: StoreIndex, hashes: dict[str
     if known is None:
         return list(hashes)
     attrs = known.get("attrs", {})
-    stat = os.stat(video.path)
-    unchanged_file = (attrs.get("source_path") == video.path
-                      and attrs.get("file_size") == stat.st_size
-                      and attrs.get("file_mtime_ns") == stat.st_mtime_ns)
-    if not unchanged_file and fingerprint(video.path) != known.get("fingerprint"):
+    if video.remote is not None:  # by URL or in a tar: the listing decides, nothing is read
+        changed = remote_fingerprint(video.remote) != known.get("fingerprint")
+    else:
+        stat = os.stat(video.path)
+        unchanged_file = (attrs.get("source_path") == video.path
+                          and attrs.get("file_size") == stat.st_size
+                          and attrs.get("file_mtime_ns") == stat.st_mtime_ns)
+        changed = not unchanged_file and fingerprint(video.path) != known.get("fingerprint")
+    if changed:
         if attrs.get("source_path") not in (None, video.path):
             raise ConfigError(
                 f"video id collision: {video.path} is {video.video_id!r}, which the store "

@@ -13,7 +13,7 @@ from vidfeat.pipeline.plan import WorkUnit
 from vidfeat.storage.schema import FeatureRecord, Outcome, ShardContents, Status
 
 if TYPE_CHECKING:
-    from vidfeat.extractors._api import Extractor
+    from vidfeat.extractors.base import Extractor
 
 
 @dataclass

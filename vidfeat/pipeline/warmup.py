@@ -1,6 +1,7 @@
 """A worker preload (``dask worker --preload vidfeat.pipeline.warmup``; vidfeat's own
-clusters add it): the worker imports torch, torchvision and the model modules in a background
-thread as soon as it starts, while the driver still prepares the run, so that its first task
+clusters add it): the worker imports torch, torchvision and the extractor contract in a
+background thread as soon as it starts (the model modules of the run follow on its first
+task), while the driver still prepares the run, so that its first task
 (describing the extractors, or extracting) does not wait several seconds for them."""
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ log = logging.getLogger(__name__)
 
 def _import_models() -> None:
     try:
-        from vidfeat.extractors import list_extractors
-
-        list_extractors()  # imports every built-in model module
+        import vidfeat.extractors.base  # noqa: F401
     except Exception as error:  # the first task that needs them reports it
         log.debug("warm-up import failed: %s", error)
 

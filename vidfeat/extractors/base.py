@@ -1,4 +1,5 @@
-"""The extractor contract, the registry, and the two visual samplers every model shares.
+"""The extractor contract and the two visual samplers every model shares (which extractors
+exist: ``registry.py``).
 
 An extractor is built on a worker from its options, loads its weights once, and then turns
 model inputs (``Item``) into feature rows with ``embed``. Visual extractors see each decoded
@@ -9,12 +10,11 @@ to the samplers of all visual extractors, so a video is never decoded twice.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import itertools
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,52 +355,3 @@ def resize_per_channel(image: torch.Tensor, resize: Callable[[torch.Tensor], tor
     """
     return torch.cat([resize(image[..., channel:channel + 1, :, :])
                       for channel in range(image.shape[-3])], dim=-3)
-
-
-# ---- registry ------------------------------------------------------------------------------
-_REGISTRY: dict[str, type[Extractor]] = {}
-
-
-def register_extractor(cls: type[Extractor]) -> type[Extractor]:
-    """Class decorator; refuses a second extractor of the same name."""
-    if cls.name in _REGISTRY:
-        raise ValueError(f"extractor {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def list_extractors() -> list[str]:
-    _import_builtins()
-    return sorted(_REGISTRY)
-
-
-def get_extractor(name: str) -> type[Extractor]:
-    _import_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise ConfigError(f"unknown extractor {name!r}; known: {known}") from None
-
-
-#: run options one feature may override (``--set c3d.precision=bf16``): taken out of its options
-#: before the extractor is built (pipeline.prepare, jobs.jobfile), yet valid extractor options
-RUN_OPTION_OVERRIDES = ("precision", "compile")
-
-
-def check_options(name: str, options: Mapping[str, Any]) -> None:
-    """ConfigError naming the extractor, each option it does not take and those it does (the
-    constructor's TypeError names its class and no valid option)."""
-    parameters = inspect.signature(get_extractor(name).__init__).parameters.values()
-    valid = [p.name for p in parameters if p.name != "self"
-             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)] + list(RUN_OPTION_OVERRIDES)
-    unknown = [option for option in options if option not in valid]
-    if unknown:
-        raise ConfigError(f"unknown option{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(map(repr, unknown))} for extractor {name}; "
-                          f"valid options: {', '.join(valid)}")
-
-
-def _import_builtins() -> None:
-    # imported lazily so that `vidfeat --help` does not import every model
-    from vidfeat.extractors import c3d, resnet, vggish, video_models  # noqa: F401
