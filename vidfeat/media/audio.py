@@ -21,6 +21,7 @@ import numpy as np
 
 from vidfeat.errors import DecodeError
 from vidfeat.media.probe import MediaInfo
+from vidfeat.media.remote import open_input
 
 SAMPLE_RATE = 16000
 BLOCK_SAMPLES = 10 * SAMPLE_RATE
@@ -235,7 +236,7 @@ class _AudioDecode:
 
     def _decode(self, seek: bool) -> Iterator[tuple[int, np.ndarray]]:
         try:
-            container = av.open(self.path)
+            container = av.open(open_input(self.path))
         except av.FFmpegError as error:
             raise DecodeError(f"{self.path}: cannot open: {error}") from error
         with container:
@@ -370,7 +371,7 @@ def _unstamped_shift(container: av.container.InputContainer, stream: av.AudioStr
     if container.format.name != "avi" or stream.start_time is None:
         return 0.0
     audio_start = float(stream.start_time * stream.time_base)
-    with av.open(container.name) as again:
+    with av.open(open_input(container.name)) as again:
         if not again.streams.video:
             return 0.0
         video = again.streams.video[0]

@@ -20,6 +20,7 @@ import numpy as np
 from vidfeat.errors import ConfigError, DecodeError
 from vidfeat.media.frames import TIME_TOLERANCE, Decoded, last_line
 from vidfeat.media.probe import MediaInfo
+from vidfeat.media.remote import local_copy
 from vidfeat.media.timeline import PacketTimes, packet_times
 
 ERRORS = (decord.DECORDError,)
@@ -38,7 +39,14 @@ def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
     if device != "cpu":
         raise ConfigError(f"{info.path}: the decord wheel on PyPI decodes on the CPU only, not "
                           f"{device!r}; use --decoder torchcodec to decode on a GPU")
-    packets = packet_times(info.path)
+    # decord reads a file object whole into memory: a video by URL is spooled to disk
+    with local_copy(info.path) as local:
+        yield from _decode(info, local, start_time, threads)
+
+
+def _decode(info: MediaInfo, local: str, start_time: float | None, threads: int | None
+            ) -> Iterator[Decoded]:
+    packets = packet_times(local)
     if packets.hidden.any():
         raise DecodeError(f"{info.path}: decord 0.6.0 returns wrong frames for a video whose "
                           f"container hides {packets.hidden.sum()} frames (edit list or "
@@ -48,7 +56,7 @@ def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
             raise DecodeError(f"{info.path}: decord 0.6.0 returns shifted frames for "
                               f"{_SHIFTED[demuxer]}; decode it with --decoder pyav")
     try:
-        reader = decord.VideoReader(info.path, ctx=decord.cpu(0), num_threads=threads or 0)
+        reader = decord.VideoReader(local, ctx=decord.cpu(0), num_threads=threads or 0)
     except decord.DECORDError as error:
         raise DecodeError(f"{info.path}: decord cannot open it: {last_line(error)}") from error
     # decord 0.6.0 loops forever past the last decodable frame when the header over-counts

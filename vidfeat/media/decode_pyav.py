@@ -9,6 +9,7 @@ import av
 from vidfeat.errors import ConfigError, DecodeError
 from vidfeat.media.frames import TIME_TOLERANCE, Decoded
 from vidfeat.media.probe import MediaInfo
+from vidfeat.media.remote import open_input
 
 ERRORS = (av.FFmpegError,)
 
@@ -21,7 +22,7 @@ def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
         raise ConfigError(f"{info.path}: the pyav decoder runs on the CPU only, not {device!r}; "
                           f"use --decoder torchcodec to decode on a GPU")
     try:
-        container = av.open(info.path)
+        container = av.open(open_input(info.path))
     except av.FFmpegError as error:
         raise DecodeError(f"{info.path}: cannot open: {error}") from error
     with container:

@@ -19,6 +19,7 @@ from torchcodec.decoders import VideoDecoder
 from vidfeat.errors import DecodeError, DeviceDecodeError
 from vidfeat.media.frames import TIME_TOLERANCE, Decoded, last_line
 from vidfeat.media.probe import MediaInfo
+from vidfeat.media.remote import local_copy
 from vidfeat.media.timeline import frame_times
 
 ERRORS = (RuntimeError,)
@@ -32,9 +33,17 @@ def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
     as H x W x 3 uint8 tensors on ``device`` (kept as tensors on the CPU too, so the CPU path
     runs the code a GPU decode does). Raises DeviceDecodeError when the file cannot be opened
     on a device other than the CPU: the caller may decode it on the CPU instead."""
+    # torchcodec's exact mode reads a file object through once to index it, then again to
+    # decode: a video by URL is spooled to disk and read from there
+    with local_copy(info.path) as local:
+        yield from _decode(info, local, start_time, threads, device)
+
+
+def _decode(info: MediaInfo, local: str, start_time: float | None, threads: int | None,
+            device: str) -> Iterator[Decoded]:
     on_cpu = str(device) == "cpu"
     try:
-        decoder = VideoDecoder(info.path, dimension_order="NHWC", seek_mode="exact",
+        decoder = VideoDecoder(local, dimension_order="NHWC", seek_mode="exact",
                                num_ffmpeg_threads=0 if threads is None else threads,
                                device=device)
     except (RuntimeError, ValueError) as error:
@@ -46,7 +55,7 @@ def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
     first = 0
     expected = None
     if start_time is not None:
-        expected = frame_times(info.path)
+        expected = frame_times(local)
         first = int(np.searchsorted(expected, start_time - TIME_TOLERANCE))
     frame_bytes = max(metadata.width or 1, 1) * max(metadata.height or 1, 1) * 3
     chunk = max(1, min(_CHUNK_FRAMES, _CHUNK_BYTES // frame_bytes))

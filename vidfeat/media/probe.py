@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 
 from vidfeat.errors import DecodeError
+from vidfeat.media.remote import is_remote, open_input
 from vidfeat.media.timeline import packet_times
 
 
@@ -48,11 +49,15 @@ def probe(path: str | Path) -> MediaInfo:
     an ffprobe process costs ~70); raise DecodeError naming the file if it cannot be opened or
     has neither a video nor an audio stream. An audio-only file has ``has_video=False`` and
     zero video fields."""
-    path = Path(path)
-    if not path.is_file():
-        raise DecodeError(f"{path}: no such file")
+    if is_remote(str(path)):  # by URL or in a tar: read through a RemoteFile, not resolved
+        name = str(path)
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise DecodeError(f"{path}: no such file")
+        name = str(path.resolve())
     try:
-        container = av.open(str(path))
+        container = av.open(open_input(name))
     except av.FFmpegError as error:
         raise DecodeError(f"{path}: cannot open: {_one_line(error)}") from error
     with container:
@@ -67,7 +72,7 @@ def probe(path: str | Path) -> MediaInfo:
                     or _seconds(video) or _seconds(audio))
         audio_start = _start(audio, start) - start if audio is not None else 0.0
         fields = dict(
-            path=str(path.resolve()), duration=duration, start_time=start,
+            path=name, duration=duration, start_time=start,
             has_audio=audio is not None,
             audio_sample_rate=audio.sample_rate or 0 if audio is not None else 0,
             audio_channels=audio.channels or 0 if audio is not None else 0,

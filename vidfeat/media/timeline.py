@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from vidfeat.errors import DecodeError
+from vidfeat.media.remote import open_input
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class PacketTimes:
 
 def _open(path: str | Path) -> av.container.InputContainer:
     try:
-        return av.open(str(path))
+        return av.open(open_input(str(path)))
     except av.FFmpegError as error:
         raise DecodeError(f"{path}: cannot open: {error}") from error
 

@@ -14,6 +14,7 @@ from vidfeat.errors import ConfigError
 
 if TYPE_CHECKING:
     from vidfeat.media import MediaInfo
+    from vidfeat.media.remote import RemoteStat
 
 #: what a directory scan takes for a video (``--extensions`` replaces the set); a file named
 #: on the command line or in a list is tried whatever its extension
@@ -30,7 +31,11 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class VideoSource:
     video_id: str
-    path: str  # absolute
+    path: str  # absolute, a URL, or a tar member (vidfeat.media.remote.member_path)
+    #: a URL's or tar member's facts from the listing (sources.py), which decide "unchanged"
+    remote: RemoteStat | None = None
+    #: a tar sample's .json metadata (text), kept in the video's attributes
+    metadata: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,34 +56,54 @@ class Corpus:
     rejected: list[Rejected]
 
 
-def _from_list(list_file: Path) -> list[Path]:
+def _from_list(list_file: Path) -> list[Path | str]:
     if not list_file.is_file():
         raise ConfigError(f"@{list_file}: no such list file")
-    paths = []
+    paths: list[Path | str] = []
     for line in list_file.read_text().splitlines():
         line = line.strip()
-        if line and not line.startswith("#"):
+        if _is_url(line):
+            paths.append(line)
+        elif line and not line.startswith("#"):
             path = Path(line).expanduser()
             # relative entries are relative to the list file, not to wherever vidfeat runs
             paths.append(path if path.is_absolute() else list_file.parent / path)
     return paths
 
 
-def _expand(source: str, extensions: frozenset[str]) -> list[Path]:
+def _expand(source: str, extensions: frozenset[str]) -> list[Path | VideoSource]:
     if source.startswith("@"):
         entries = _from_list(Path(source[1:]).expanduser())
         # a nightly list is written before the run: an entry deleted since is that video's
         # failure ("not found", in scan), not the run's
         return [path for entry in entries
-                for path in (_expand_path(entry, extensions) if _exists(entry) else [entry])]
+                for path in (_expand(entry, extensions) if isinstance(entry, str)
+                             else _expand_path(entry, extensions) if _exists(entry)
+                             else [entry])]
+    if "{" in source or _is_url(source):  # objects, prefixes, tar shards: sources.py lists them
+        from vidfeat.pipeline.sources import expand_braces, expand_url
+
+        return [found for each in expand_braces(source)
+                for found in (expand_url(each, extensions) if _is_url(each)
+                              else _expand_path(Path(each).expanduser(), extensions))]
     return _expand_path(Path(source).expanduser(), extensions)
+
+
+def _is_url(source: str) -> bool:
+    from vidfeat.media.remote import is_url
+
+    return is_url(source)
 
 
 def _exists(path: Path) -> bool:
     return path.exists() or path.is_symlink()
 
 
-def _expand_path(path: Path, extensions: frozenset[str]) -> list[Path]:
+def _expand_path(path: Path, extensions: frozenset[str]) -> list[Path | VideoSource]:
+    if path.suffix.lower() == ".tar" and path.is_file():  # a WebDataset shard's videos
+        from vidfeat.pipeline.sources import tar_videos
+
+        return list(tar_videos(str(path.resolve()), extensions))
     if path.is_dir():
         return sorted(p for p in path.rglob("*")
                       if p.suffix.lower() in extensions and not p.is_dir())
@@ -130,8 +155,9 @@ def scan(sources: list[str], limit: int | None = None,
     by_id: dict[str, str] = {}
     for source in sources:
         for path in _expand(source, wanted):
-            absolute = str(path.resolve())
-            video_id = path.stem
+            listed = path if isinstance(path, VideoSource) else None
+            absolute = listed.path if listed else str(path.resolve())
+            video_id = listed.video_id if listed else path.stem
             if video_id in by_id:
                 if by_id[video_id] == absolute:
                     continue
@@ -140,6 +166,9 @@ def scan(sources: list[str], limit: int | None = None,
                     f"{video_id!r}; rename one or extract them into different stores"
                 )
             by_id[video_id] = absolute
+            if listed:
+                found.append(listed)
+                continue
             reason = not_a_video_file(path)
             found.append(VideoSource(video_id, absolute) if reason is None
                          else Rejected(video_id, os.path.abspath(path), reason))
@@ -173,9 +202,16 @@ def fingerprint(path: str | Path) -> str:
     return "sha256-3x1MiB:" + digest.hexdigest()[:32]
 
 
-def video_attrs(path: str, info: MediaInfo) -> dict[str, Any]:
+def video_attrs(path: str | VideoSource, info: MediaInfo) -> dict[str, Any]:
     """What the store keeps about a video file: its probe facts, content fingerprint, size and
-    modification time (the rerun's "unchanged file" test)."""
+    modification time (the rerun's "unchanged file" test); for an object by URL or a tar
+    member, the listing's facts instead (sources.remote_attrs: nothing more is read)."""
+    if isinstance(path, VideoSource):
+        if path.remote is not None:
+            from vidfeat.pipeline.sources import remote_attrs
+
+            return {**info.as_attrs(), **remote_attrs(path)}
+        path = path.path
     stat = os.stat(path)
     return {**info.as_attrs(), "fingerprint": fingerprint(path), "file_size": stat.st_size,
             "file_mtime_ns": stat.st_mtime_ns}

@@ -42,16 +42,16 @@ log = logging.getLogger(__name__)
 PROBES_PER_TASK = 16
 
 
-def _probe_videos(paths: list[str]) -> list[tuple[Any, dict | None, str]]:
+def _probe_videos(videos: list[VideoSource]) -> list[tuple[Any, dict | None, str]]:
     """Each video's probe facts and store attributes (fingerprinted here, once per video, not
     by each of its units or segments), or why it cannot be read."""
     from vidfeat.media import probe
 
     results: list[tuple[Any, dict | None, str]] = []
-    for path in paths:
+    for video in videos:
         try:
-            info = probe(path)
-            results.append((info, video_attrs(path, info), ""))
+            info = probe(video.path)
+            results.append((info, video_attrs(video, info), ""))
         except Exception as error:  # recorded for the video; the run goes on
             results.append((None, None, reason_of(error)))
     return results
@@ -213,7 +213,7 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
     for as the model tasks are: a probe running past ``task_timeout`` fails its videos, and
     once ``stop`` is set (Ctrl-C) nothing is planned: the rerun starts over."""
     modality = {name: d.modality for name, d in run.descriptions.items()}
-    sizes = [_size(video.path) for video, _ in run.todo]
+    sizes = [_size(video) for video, _ in run.todo]
     seconds = task_seconds(sum(sizes) / TYPICAL_BYTES_PER_SECOND, slots,
                            run.options.segment_seconds)
     splittable = 1.5 * seconds * MIN_BYTES_PER_SECOND
@@ -221,7 +221,7 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
                                                                          strict=True))
                 if any(modality[name] != "audio" for name in names)
                 and (run.options.segment_seconds or size > splittable)]
-    probed = dict(zip(to_probe, _probe_all([run.todo[i][0].path for i in to_probe], client,
+    probed = dict(zip(to_probe, _probe_all([run.todo[i][0] for i in to_probe], client,
                                            stop, task_timeout), strict=True))
     if stop.is_set():
         return []
@@ -270,17 +270,19 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
     return sorted(tasks, key=lambda t: -(t.seconds if isinstance(t, Task) else t[0].seconds))
 
 
-def _size(path: str) -> int:
+def _size(video: VideoSource) -> int:
+    if video.remote is not None:  # by URL or in a tar: the listing's size, nothing is asked
+        return video.remote.size
     try:
-        return os.stat(path).st_size
+        return os.stat(video.path).st_size
     except OSError:  # gone since the scan: its task records why
         return 0
 
 
-def _probe_all(paths: list[str], client: Any, stop: threading.Event,
+def _probe_all(videos: list[VideoSource], client: Any, stop: threading.Event,
                task_timeout: float | None) -> list[tuple[Any, dict | None, str]]:
-    """(info, attrs, reason) of each path, probed on the workers PROBES_PER_TASK at a time."""
-    chunks = [paths[i:i + PROBES_PER_TASK] for i in range(0, len(paths), PROBES_PER_TASK)]
+    """(info, attrs, reason) of each video, probed on the workers PROBES_PER_TASK at a time."""
+    chunks = [videos[i:i + PROBES_PER_TASK] for i in range(0, len(videos), PROBES_PER_TASK)]
     results = _planning_results(client, client.map(_probe_videos, chunks, pure=False), stop,
                                 task_timeout)
     return [item for chunk, result in zip(chunks, results, strict=True)
@@ -315,7 +317,7 @@ def _planning_results(client: Any, futures: list[Any], stop: threading.Event,
     return results
 
 
-def _probe_results(paths: list[str], result: Any) -> list[tuple[Any, dict | None, str]]:
+def _probe_results(paths: list[VideoSource], result: Any) -> list[tuple[Any, dict | None, str]]:
     """A probe task whose workers kept dying (KilledWorker) or that timed out fails its
     videos, not the run."""
     if not isinstance(result, BaseException):
