@@ -366,6 +366,7 @@ def _command(store: Path, corpus: Path) -> list[str]:
             "--segment-seconds", "3.2"]
 
 
+@pytest.mark.slow  # a real driver process, Ctrl-C, and a rerun
 def test_ctrl_c_during_a_multi_thread_decode_exits_130_and_the_rerun_completes(
         pool: ExtractorPool, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"

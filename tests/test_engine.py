@@ -21,6 +21,9 @@ from vidfeat.pipeline.stitch import stitch, stitch_and_write
 from vidfeat.storage.reader import open_store
 from vidfeat.storage.writer import create_store
 
+# every test runs real models (random weights) over real videos, seconds to half a minute each
+pytestmark = pytest.mark.slow
+
 CFR_SECONDS = 8
 
 

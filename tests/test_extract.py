@@ -16,6 +16,9 @@ from vidfeat.cli import main
 
 DIMS = {"resnet152": 2048, "c3d": 4096, "vggish": 128}
 
+# Tests marked slow run a whole extraction (the module's store, or their own); the others are
+# usage errors refused before any worker starts, and stay in `make test-fast`.
+
 
 @pytest.fixture(scope="module")
 def store(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -26,6 +29,7 @@ def store(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return store
 
 
+@pytest.mark.slow
 def test_every_video_has_its_features_with_shapes_and_times(store: Path) -> None:
     features = vidfeat.open_store(str(store))
     assert sorted(features.videos()) == ["clip", "silent", "talk"]
@@ -46,6 +50,7 @@ def test_every_video_has_its_features_with_shapes_and_times(store: Path) -> None
     assert features.get("talk", "vggish").shape == (2, 128)
 
 
+@pytest.mark.slow
 def test_store_records_video_and_model_attributes(store: Path) -> None:
     features = vidfeat.open_store(str(store))
     video = features.attrs("talk")
@@ -58,18 +63,21 @@ def test_store_records_video_and_model_attributes(store: Path) -> None:
     assert model["random_weights"] and model["vidfeat_version"] == vidfeat.__version__
 
 
+@pytest.mark.slow
 def test_missing_audio_is_recorded_not_failed(store: Path) -> None:
     failures = vidfeat.open_store(str(store)).failures()
     assert [(v, f, s) for v, f, s, _ in failures] == [("silent", "vggish", "skipped")]
     assert "no audio" in failures[0][3]
 
 
+@pytest.mark.slow
 def test_inspect_says_random_weights_loudly(store: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["inspect", str(store)]) == 0
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in out and "resnet152" in out and "no audio" in out
 
 
+@pytest.mark.slow
 def test_rerun_skips_what_is_up_to_date(store: Path, corpus: Path,
                                         capsys: pytest.CaptureFixture) -> None:
     shards = sorted(store.rglob("*.h5"))
@@ -81,6 +89,7 @@ def test_rerun_skips_what_is_up_to_date(store: Path, corpus: Path,
     assert sorted(store.rglob("*.h5")) == shards
 
 
+@pytest.mark.slow
 def test_a_rerun_with_nothing_to_do_starts_no_cluster(store: Path, corpus: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     # nothing listens on port 9 (discard): a run that tried to connect would break (exit 3)
@@ -97,6 +106,7 @@ DRIVER_MODULES = ["vidfeat.cli", "vidfeat.pipeline.run", "vidfeat.pipeline.prepa
                   "vidfeat.storage.runs", "vidfeat.storage.inspect", "vidfeat.extractors.spec"]
 
 
+@pytest.mark.slow
 def test_the_driver_of_a_run_with_work_imports_no_torch(corpus: Path, tmp_path: Path) -> None:
     """A first run into a new store: a worker describes the extractors (configuration hashes,
     option and weights checks) and extracts; the driver plans, indexes and reports."""
@@ -117,6 +127,7 @@ def test_the_driver_of_a_run_with_work_imports_no_torch(corpus: Path, tmp_path: 
     assert vidfeat.open_store(str(store)).get("talk", "vggish").shape[1] == 128
 
 
+@pytest.mark.slow
 def test_the_driver_imports_no_torch_and_a_no_op_rerun_none_at_all(store: Path,
                                                                       corpus: Path) -> None:
     import subprocess
@@ -137,6 +148,7 @@ def test_the_driver_imports_no_torch_and_a_no_op_rerun_none_at_all(store: Path,
     assert "3 already up to date" in rerun.stdout
 
 
+@pytest.mark.slow
 def test_shards_a_killed_driver_did_not_index_are_not_extracted_again(
         store: Path, corpus: Path, capsys: pytest.CaptureFixture) -> None:
     shards = sorted(store.rglob("*.h5"))
@@ -150,6 +162,7 @@ def test_shards_a_killed_driver_did_not_index_are_not_extracted_again(
     assert sorted(vidfeat.open_store(str(store)).videos()) == ["clip", "silent", "talk"]
 
 
+@pytest.mark.slow
 def test_any_legal_file_name_is_stored(tmp_path: Path) -> None:
     # a 240-byte name once made the shard's temporary name pass NAME_MAX (255 bytes): the
     # whole run broke (exit 3) and no video of its task was stored; packs are named by hash
@@ -165,6 +178,7 @@ def test_any_legal_file_name_is_stored(tmp_path: Path) -> None:
     assert vidfeat.open_store(str(store)).videos() == sorted(Path(n).stem for n in names)
 
 
+@pytest.mark.slow
 def test_same_video_twice_gives_same_features(corpus: Path, tmp_path: Path) -> None:
     twins = tmp_path / "twins"
     twins.mkdir()
@@ -179,6 +193,7 @@ def test_same_video_twice_gives_same_features(corpus: Path, tmp_path: Path) -> N
         np.testing.assert_array_equal(features.times("one", name), features.times("two", name))
 
 
+@pytest.mark.slow
 def test_list_file_limit_and_file_sources(corpus: Path, tmp_path: Path) -> None:
     # relative entries are relative to the list file
     listing = corpus.parent / "videos.txt"
@@ -195,6 +210,7 @@ def test_list_file_limit_and_file_sources(corpus: Path, tmp_path: Path) -> None:
     assert sorted(vidfeat.open_store(str(store)).videos()) == ["clip", "silent", "talk"]
 
 
+@pytest.mark.slow
 def test_broken_file_is_recorded_and_others_survive(corpus: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
     videos = tmp_path / "videos"
@@ -269,6 +285,7 @@ def test_store_path_that_is_a_file_is_one_line(corpus: Path, tmp_path: Path,
         "if missing) for the store")
 
 
+@pytest.mark.slow
 def test_features_aligned_on_one_time_grid(store: Path) -> None:
     features = vidfeat.open_store(str(store))
     aligned = features.aligned("talk", ["resnet152", "c3d", "vggish"], grid=1.0)
@@ -281,6 +298,7 @@ def test_features_aligned_on_one_time_grid(store: Path) -> None:
     np.testing.assert_allclose(aligned.features["c3d"], np.repeat(c3d, 3, axis=0), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_store_commands_on_an_extracted_store(store: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
     assert main(["verify", str(store)]) == 0
@@ -307,6 +325,7 @@ def test_store_commands_on_an_extracted_store(store: Path, tmp_path: Path,
     assert "resnet152" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_verify_exits_1_on_a_damaged_store(corpus: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     assert main(["extract", str(corpus / "talk.mp4"), "--store", str(store), "--workers", "1",
@@ -331,6 +350,7 @@ def test_ffmpeg_not_found_names_the_ways_to_install_it(monkeypatch: pytest.Monke
             executable("ffprobe")
 
 
+@pytest.mark.slow
 def test_the_progress_bar_counts_each_video_once(corpus: Path, tmp_path: Path,
                                                  capfd: pytest.CaptureFixture) -> None:
     # with 1 s tasks a video's visual and audio units (and segments) finish in separate
@@ -342,6 +362,7 @@ def test_the_progress_bar_counts_each_video_once(corpus: Path, tmp_path: Path,
     assert counters and counters[-1] == 3 and max(counters) == 3
 
 
+@pytest.mark.slow
 def test_a_float32_rerun_says_which_rows_stay_float16(corpus: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     store = tmp_path / "store"

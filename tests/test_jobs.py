@@ -317,6 +317,7 @@ def test_more_gpus_than_torch_sees_is_a_usage_error(corpus: Path, tmp_path: Path
     assert not store.exists()  # refused before anything was made
 
 
+@pytest.mark.slow  # a whole extraction on a cluster of worker processes
 def test_a_run_with_gpu_worker_processes_completes(corpus: Path, tmp_path: Path,
                                                   capfd: pytest.CaptureFixture) -> None:
     # --gpus starts the GPU-worker cluster (a SpecCluster of Nannies, one declaring GPU=1
@@ -416,6 +417,7 @@ def test_kubernetes_submit_without_a_cluster_is_one_line(capsys: pytest.CaptureF
                             "Kubernetes: ") and len(error.splitlines()) == 1
 
 
+@pytest.mark.slow  # starts dask worker processes
 def test_gpu_pin_gives_each_worker_process_of_a_job_one_gpu(tmp_path: Path) -> None:
     """`dask worker --nworkers 2 --preload vidfeat.jobs.gpu_pin` in a job granted GPUs 3,7:
     worker 0 sees 3, worker 1 sees 7 (real worker processes; no GPU needed to check)."""
@@ -489,6 +491,7 @@ def _worker_threads() -> tuple[str | None, int]:
     return os.environ.get("VIDFEAT_TORCH_THREADS"), torch_threads_for(1)
 
 
+@pytest.mark.slow  # starts two local clusters of worker processes
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to tell 1 from 2")
 def test_a_second_local_cluster_in_one_process_gets_its_own_thread_counts() -> None:
     """A Nanny writes its workers' environment into the driver, and the next Nanny prefers the

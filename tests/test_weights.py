@@ -62,6 +62,7 @@ def test_import_refuses_a_file_that_is_not_the_published_one(tmp_path: Path, cac
     assert not (cache / fake.name).exists() and not list(cache.glob(".partial-*"))
 
 
+@pytest.mark.slow  # a whole extraction
 def test_fetch_from_a_mirror_and_verify_before_every_use(c3d_file: Path, cache: Path,
                                                          corpus: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
@@ -88,6 +89,7 @@ def test_fetch_from_a_mirror_and_verify_before_every_use(c3d_file: Path, cache: 
     assert "does not match" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a whole extraction
 def test_users_own_weights_file_is_loaded_and_recorded(tmp_path: Path, corpus: Path) -> None:
     state = _seeded_state("vggish", seed=3)
     mine = tmp_path / "finetuned-vggish.pt"
