@@ -41,6 +41,16 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+#: fixtures that run a whole extraction: a test using one is slow (left out of make test-fast)
+EXTRACTING_FIXTURES = {"training"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if EXTRACTING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def training(tmp_path_factory: pytest.TempPathFactory):
     """The store with learnable annotations of tests/training_corpus.py, extracted once for

@@ -27,6 +27,7 @@ def _relative_error(rows: np.ndarray, reference: np.ndarray) -> float:
                   / np.linalg.norm(reference, axis=1)).max())
 
 
+@pytest.mark.slow  # builds an AOTInductor package: a C++ compile of tens of seconds
 def test_compiled_vggish_matches_eager_at_every_batch_size_and_is_built_once(
         tmp_path: Path) -> None:
     spec = ExtractorSpec("vggish", random_weights=True)
@@ -47,6 +48,7 @@ def test_compiled_vggish_matches_eager_at_every_batch_size_and_is_built_once(
     assert not again._network.built and list(tmp_path.glob("*.pt2")) == packages
 
 
+@pytest.mark.slow  # builds an AOTInductor package: a C++ compile of tens of seconds
 def test_a_model_cut_at_a_node_compiles(tmp_path: Path) -> None:
     # ResNet-152 and the video models are cut with torchvision's feature extraction; a small
     # ResNet checks the same path in a fraction of the build time
@@ -72,6 +74,7 @@ def test_compile_without_a_compiler_is_one_line(tmp_path: Path, monkeypatch: pyt
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.slow  # builds an AOTInductor package: a C++ compile of tens of seconds
 def test_a_different_configuration_gets_its_own_package(tmp_path: Path) -> None:
     examples = torch.randn(2, 1, 96, 64)
     for relu in (True, False):
@@ -82,6 +85,7 @@ def test_a_different_configuration_gets_its_own_package(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.pt2"))) == 2
 
 
+@pytest.mark.slow  # builds an AOTInductor package: a C++ compile of tens of seconds
 def test_compiled_bf16_has_autocast_in_the_package(tmp_path: Path) -> None:
     spec = ExtractorSpec("vggish", random_weights=True, precision="bf16")
     compiled, eager = spec.load(torch.device("cpu")), spec.load(torch.device("cpu"))

@@ -23,6 +23,9 @@ import pytest
 from tests.conftest import ffmpeg, make_video
 from vidfeat.storage.index import StoreIndex
 
+# every test runs real `vidfeat extract` processes, most of them twice
+pytestmark = pytest.mark.slow
+
 #: VGGish alone where a test needs no visual feature: its model loads in a moment
 AUDIO = ("--features", "vggish")
 VISUAL = ("--features", "resnet152", "--set", "resnet152.fps=1")

@@ -123,6 +123,7 @@ def resnet_reference() -> nn.Module:
     return torchvision.models.resnet152().eval()
 
 
+@pytest.mark.slow  # a full-size model against its reference implementation
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_resnet152_matches_torchvision(version: str, resnet_reference: nn.Module,
                                        videos: dict[str, Path], tmp_path: Path) -> None:
@@ -170,6 +171,7 @@ def _video_reference(builder_name: str, builder: type, state: dict) -> nn.Module
     return model.eval()
 
 
+@pytest.mark.slow  # a full-size model against its reference implementation
 @pytest.mark.parametrize("name", list(VIDEO_MODELS))
 def test_video_model_matches_torchvision(name: str, videos: dict[str, Path],
                                          tmp_path: Path) -> None:
@@ -193,6 +195,7 @@ def test_video_model_matches_torchvision(name: str, videos: dict[str, Path],
     _assert_close(ours, reference)
 
 
+@pytest.mark.slow  # a full-size model against its reference implementation
 @pytest.mark.parametrize("name", ["r2plus1d_18", "s3d"])
 def test_video_transform_per_frame_equals_transform_of_the_clip(
         name: str, videos: dict[str, Path]) -> None:
@@ -299,6 +302,7 @@ def test_c3d_network_keys_are_those_of_c3d_pickle() -> None:
     assert {key: tuple(value.shape) for key, value in model.state_dict().items()} == expected
 
 
+@pytest.mark.slow  # a full-size model against its reference implementation
 def test_c3d_fc6_matches_the_caffe_reference(c3d_file: Path, c3d_state: dict,
                                              videos: dict[str, Path]) -> None:
     extractor = _c3d(c3d_file)
@@ -315,6 +319,7 @@ def test_c3d_fc6_matches_the_caffe_reference(c3d_file: Path, c3d_state: dict,
     _assert_close(ours, reference["fc6"].numpy(), rtol=1e-3)
 
 
+@pytest.mark.slow  # a full-size model against its reference implementation
 def test_c3d_fc7_at_stride_8(c3d_file: Path, c3d_state: dict, videos: dict[str, Path]) -> None:
     extractor = _c3d(c3d_file, layer="fc7", stride=8)
     items, _ = _items(extractor, videos["3s"])
@@ -325,6 +330,7 @@ def test_c3d_fc7_at_stride_8(c3d_file: Path, c3d_state: dict, videos: dict[str, 
                   rtol=1e-3)
 
 
+@pytest.mark.slow  # a full-size model against its reference implementation
 def test_c3d_mean_volume_is_subtracted_before_the_crop(c3d_file: Path, c3d_state: dict,
                                                        videos: dict[str, Path],
                                                        tmp_path: Path) -> None:
@@ -403,6 +409,7 @@ def test_fps_takes_the_frame_shown_at_each_target_time(videos: dict[str, Path]) 
     np.testing.assert_allclose(_spans(items)[0], times[::2], atol=1e-9)
 
 
+@pytest.mark.slow  # a full-size model against its reference implementation
 def test_variable_frame_rate_rows_take_their_times_from_pts(videos: dict[str, Path]) -> None:
     times, _ = _decode(videos["vfr"])
     assert len(set(np.round(np.diff(times), 3))) == 2  # really two frame rates
