@@ -36,7 +36,7 @@ def test_cuda_features_match_cpu(corpus: Path, tmp_path: Path) -> None:
 
 def test_cuda_requested_without_gpu_is_refused_on_cpu_machines() -> None:
     # on a GPU machine this documents the other side: cuda resolves, nothing is refused
-    from vidfeat.extractors.pool import resolve_device
+    from vidfeat.host import resolve_device
 
     assert resolve_device("cuda").type == "cuda"
 

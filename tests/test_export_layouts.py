@@ -16,7 +16,7 @@ from training_corpus import TrainingCorpus
 
 from vidfeat import open_store
 from vidfeat.cli import main
-from vidfeat.storage.export import read_labels, rows_on_timeline
+from vidfeat.storage.export import read_labels
 
 
 def export(training: TrainingCorpus, *args: str) -> None:
@@ -89,7 +89,7 @@ def test_per_video_npy_loads_in_video_caption_pytorch(training: TrainingCorpus,
         video_id = f"video{ix}"
         assert fc_feat.shape == (2, 2048 + 128 + 128) and fc_feat.dtype == np.float32
         np.testing.assert_array_equal(fc_feat[:, :2048], store.get(video_id, "resnet152"))
-        on_frames = rows_on_timeline(store, video_id, ["resnet152", "vggish"])["vggish"]
+        on_frames = store.on_rows_of(video_id, ["resnet152", "vggish"])["vggish"]
         np.testing.assert_array_equal(fc_feat[:, 2048:2176], on_frames)
         np.testing.assert_allclose(fc_feat[0, 2176:], store.get(video_id, "vggish").mean(0),
                                    rtol=1e-6)

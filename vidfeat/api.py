@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from vidfeat.errors import ConfigError
 
 if TYPE_CHECKING:
-    from vidfeat.jobs.cluster import ClusterSpec
+    from vidfeat.jobs.spec import ClusterSpec
     from vidfeat.pipeline.prepare import RunReport
 
 DEFAULT_FEATURES = ("resnet152", "c3d", "vggish")
@@ -30,7 +30,7 @@ def extract(sources: str | Path | Sequence[str | Path], store: str | Path, *,
     (``{"resnet152": {"fps": 2}, "vggish": None}``). ``cluster``: None for a cluster of
     worker processes on this machine (``workers=N`` and ``gpus=N`` size it, as the flags
     do), a scheduler address ``"tcp://host:8786"``, a ``distributed.Client`` already
-    connected, or a ``vidfeat.jobs.cluster.ClusterSpec``. ``options``: the run options, named
+    connected, or a ``vidfeat.jobs.ClusterSpec``. ``options``: the run options, named
     as the job file's keys (``random_weights``, ``device``, ``dtype``, ``batch_size``,
     ``precision``, ``decoder``, ``overwrite``, ``limit``, ``task_timeout``, ...; see
     ``vidfeat.pipeline.prepare.RunOptions``).
@@ -47,7 +47,7 @@ def extract(sources: str | Path | Sequence[str | Path], store: str | Path, *,
         store = vidfeat.open_store("features")
         rows = store.get(store.videos()[0], "resnet152")   # [N, 2048]
     """
-    from vidfeat.jobs.cluster import ClusterSpec
+    from vidfeat.jobs.spec import ClusterSpec
     from vidfeat.jobs.submit import run_extract
     from vidfeat.pipeline.prepare import RunOptions
 
@@ -78,7 +78,7 @@ def extract(sources: str | Path | Sequence[str | Path], store: str | Path, *,
 
 
 def _cluster_spec(cluster: str | ClusterSpec | None, local: dict[str, Any]) -> ClusterSpec:
-    from vidfeat.jobs.cluster import ClusterSpec
+    from vidfeat.jobs.spec import ClusterSpec
 
     if isinstance(cluster, ClusterSpec):
         if local:

@@ -104,8 +104,8 @@ def _run_job(job) -> int:  # job: vidfeat.jobs.jobfile.Job, imported lazily
 
 def extract_job(args: argparse.Namespace) -> Job:
     """The job ``vidfeat extract`` runs: the job file's or the command line's, flags over it."""
-    from vidfeat.jobs.cluster import ClusterSpec
     from vidfeat.jobs.jobfile import Job, load_job
+    from vidfeat.jobs.spec import ClusterSpec
 
     if args.config:
         job = load_job(args.config)

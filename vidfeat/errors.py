@@ -57,3 +57,7 @@ class StoreFullError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another run holds the store's run lock."""
+
+
+class ClusterError(VidfeatError, ConnectionError):
+    """The cluster cannot be reached or started, or lacks the workers a run needs."""

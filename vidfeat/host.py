@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def available_cores() -> int:
@@ -24,3 +28,31 @@ def visible_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(requested: str) -> torch.device:
+    """The torch device ``auto`` (CUDA when this process sees a GPU), ``cpu``, ``cuda`` or
+    ``cuda:N`` names; CUDA without a GPU is a ConfigError, never a silent fall back to the
+    CPU. For the extractors' workers and the trainers alike."""
+    import torch
+
+    from vidfeat.errors import ConfigError
+
+    check_device(requested)
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {requested}: no CUDA device visible on this machine")
+    return torch.device(requested)
+
+
+def check_device(requested: str) -> str:
+    """``requested`` if it names a device vidfeat runs on (auto, cpu, cuda, cuda:N), else a
+    ConfigError; without torch."""
+    import re
+
+    from vidfeat.errors import ConfigError
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", requested):
+        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {requested!r}")
+    return requested

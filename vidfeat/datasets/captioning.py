@@ -30,7 +30,6 @@ from vidfeat.datasets.common import (
     videos_with,
 )
 from vidfeat.datasets.text import Vocabulary
-from vidfeat.storage.export import rows_on_timeline
 from vidfeat.storage.reader import FeatureStore
 
 S2VT_FRAMES = 40
@@ -115,7 +114,7 @@ class CaptioningDataset(Dataset):
     def video_features(self, video_id: str) -> tuple[np.ndarray, list[bool]]:
         """The video's rows (fused, sampled to ``frames``) and which features were present."""
         fused = [name for name in self.fuse if video_id in self.fusable[name]]
-        on_rows = rows_on_timeline(self.store, video_id, [self.feature, *fused])
+        on_rows = self.store.on_rows_of(video_id, [self.feature, *fused])
         columns = [on_rows[self.feature]]
         for name in self.fuse:
             columns.append(on_rows[name] if name in on_rows else

@@ -20,9 +20,6 @@ from vidfeat.storage.reader import FeatureStore, open_store
 
 log = logging.getLogger(__name__)
 
-# widths of the features vidfeat extracts, for zeros when no video of a store has the feature
-KNOWN_DIMS = {"resnet152": 2048, "c3d": 4096, "vggish": 128, "r2plus1d_18": 512, "r3d_18": 512,
-              "s3d": 1024}
 
 
 def as_store(store: FeatureStore | str | Path) -> FeatureStore:
@@ -78,15 +75,21 @@ def videos_with(store: FeatureStore, feature: str) -> set[str]:
 
 
 def feature_dim(store: FeatureStore, feature: str) -> int:
-    """The feature's width in this store (the known width if no video has it)."""
+    """The feature's width in this store (its extractor's, with default options, if no video
+    has it)."""
     dims = {e.dim for e in store.entries() if e.feature == feature and e.status == "ok"}
     if len(dims) > 1:
         raise ValueError(f"{store.path}: {feature} has several widths: {sorted(dims)}")
     if dims:
         return dims.pop()
-    if feature not in KNOWN_DIMS:
-        raise ValueError(f"{store.path}: no video has {feature} and its width is unknown")
-    return KNOWN_DIMS[feature]
+    from vidfeat.errors import ConfigError
+    from vidfeat.extractors import get_extractor
+
+    try:
+        return get_extractor(feature)().feature_dim
+    except ConfigError:
+        raise ValueError(f"{store.path}: no video has {feature} and its width is "
+                         f"unknown") from None
 
 
 def read_or_zeros(store: FeatureStore, video_id: str, feature: str,

@@ -11,7 +11,6 @@ a second tab-separated column; without one, the sorted labels of the training fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,36 +26,13 @@ from vidfeat.datasets.common import (
     video_id_of,
     videos_with,
 )
+from vidfeat.storage.labels import TaggedVideo, read_tags
 from vidfeat.storage.reader import FeatureStore
 
 
-@dataclass(frozen=True)
-class TaggedVideo:
-    video: str  # as the label file names it
-    title: str
-    labels: tuple[str, ...]
-
-
 def load_tags(path: str | Path) -> list[TaggedVideo]:
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: cannot read: {error}") from error
-    tagged, seen = [], set()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) < 3:
-            raise ValueError(f"{path}:{number}: expected 'video<TAB>title<TAB>label,label', "
-                             f"got {line[:80]!r}")
-        video = fields[0].strip()
-        labels = tuple(w.strip() for w in fields[2].split(",") if w.strip())
-        if video not in seen and labels:
-            seen.add(video)
-            tagged.append(TaggedVideo(video, fields[1], labels))
-    return tagged
+    """The labelled videos of a MultimodalVideoTag label file (``storage.labels``)."""
+    return read_tags(path)
 
 
 def load_classes(path: str | Path) -> list[str]:

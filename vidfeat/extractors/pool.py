@@ -11,23 +11,12 @@ import torch
 from vidfeat.errors import ConfigError
 from vidfeat.extractors.base import Extractor
 from vidfeat.extractors.spec import ExtractorSpec
+from vidfeat.host import resolve_device
 from vidfeat.malloc import release_freed_memory
 
 log = logging.getLogger(__name__)
 # decoders that can decode on the GPU the models run on (NVDEC)
 GPU_DECODERS = ("torchcodec",)
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` is CUDA when this process sees a GPU; ``cuda`` without one is an error, never a
-    silent fall back to the CPU."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {requested}: no CUDA device visible on this machine")
-    if requested != "cpu" and not requested.startswith("cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {requested!r}")
-    return torch.device(requested)
 
 
 class ExtractorPool:
@@ -77,4 +66,4 @@ class ExtractorPool:
         log.warning("%s; decoding on the CPU from now on", error)
 
 
-__all__ = ["GPU_DECODERS", "ExtractorPool", "ExtractorSpec", "resolve_device"]
+__all__ = ["GPU_DECODERS", "ExtractorPool", "ExtractorSpec"]

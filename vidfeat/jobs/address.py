@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from vidfeat.jobs.cluster import ClusterError
+from vidfeat.errors import ClusterError
 
 
 @contextmanager

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from vidfeat.errors import ConfigError
-from vidfeat.jobs.cluster import ClusterSpec
 from vidfeat.jobs.schema import BACKENDS, validate
+from vidfeat.jobs.spec import ClusterSpec
 from vidfeat.pipeline.run import RunOptions
 
 #: job file keys that are RunOptions fields of the same name (the ``vidfeat extract`` flags,

@@ -8,7 +8,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from vidfeat.jobs.cluster import ClusterError, ClusterSpec, quiet_distributed
+from vidfeat.errors import ClusterError
+from vidfeat.jobs.spec import ClusterSpec, quiet_distributed
 from vidfeat.jobs.worker_env import WARMUP, worker_environment
 
 #: the address a rendered job script shows; the real one is the driver's scheduler

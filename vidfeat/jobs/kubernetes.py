@@ -13,7 +13,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from vidfeat.jobs.cluster import ClusterError, ClusterSpec
+from vidfeat.errors import ClusterError
+from vidfeat.jobs.spec import ClusterSpec
 from vidfeat.jobs.worker_env import WARMUP, worker_environment
 
 JOB_DIRECTORY = "/etc/vidfeat"

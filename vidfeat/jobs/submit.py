@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from vidfeat.errors import ConfigError, StoreError, WeightsError
-from vidfeat.jobs.cluster import ClusterSpec, open_client
+from vidfeat.jobs.cluster import open_client
 from vidfeat.jobs.jobfile import Job
+from vidfeat.jobs.spec import ClusterSpec
 from vidfeat.pipeline.run import RunOptions, RunReport, prepare_run, run_extraction
 
 log = logging.getLogger(__name__)

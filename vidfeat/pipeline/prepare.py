@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from vidfeat.errors import ConfigError, ExitCode
 from vidfeat.extractors.precision import check_precision
 from vidfeat.extractors.registry import check_extractor_name
 from vidfeat.extractors.spec import ExtractorSpec
-from vidfeat.host import visible_gpus
+from vidfeat.host import check_device, visible_gpus
 from vidfeat.media import check_decoder
 from vidfeat.pipeline.confighash import ConfigHashes, Describe, Description, describe_specs
 from vidfeat.pipeline.corpus import Rejected, VideoSource, extension_set, fingerprint, scan
@@ -77,8 +76,7 @@ class RunOptions:
         if self.dtype not in ("float16", "float32"):
             raise ConfigError(f"--dtype must be float16 or float32, got {self.dtype!r}")
         check_decoder(self.decoder)
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
+        check_device(self.device)
         if self.decode_threads is not None and self.decode_threads < 1:
             raise ConfigError(f"--decode-threads must be at least 1, got {self.decode_threads}")
         if self.segment_seconds is not None and self.segment_seconds <= 0:

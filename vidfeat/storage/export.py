@@ -38,7 +38,7 @@ video-caption.pytorch's dataloader reads (``np.load(os.path.join(dir, 'video%i.n
 MSR-VTT ids being ``video0``, ``video1``, ...).
 
 For both, several features are concatenated along features: the first feature's rows are kept
-and each other feature is resampled onto their time spans (``rows_on_timeline``), as S2VT
+and each other feature is resampled onto their time spans (``FeatureStore.on_rows_of``), as S2VT
 pipelines tile C3D onto frames. A video lacking one of the features is not exported (logged).
 
 Every export first checks that each feature it is to write is in the store (for any video,
@@ -60,7 +60,8 @@ import numpy as np
 
 from vidfeat.errors import ConfigError
 from vidfeat.storage.files import TEMP_SUFFIX
-from vidfeat.storage.reader import FeatureStore, _resample, using_store
+from vidfeat.storage.labels import MVT_FORM, is_tag_line, read_lines, read_tags
+from vidfeat.storage.reader import FeatureStore, using_store
 from vidfeat.storage.schema import FeatureEntry
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,6 @@ def export_npy(store_or_path: FeatureStore | str | Path, outdir: str | Path,
     return written
 
 
-MVT_FORM = "'video<TAB>title<TAB>label,label' (MultimodalVideoTag's label file)"
 ID_FORM = "'VIDEO_ID ID,ID,...' with integer class ids"
 
 
@@ -108,39 +108,25 @@ def read_labels(path: str | Path) -> dict[str, list[int] | list[str]]:
 
     ConfigError, naming the file and line, for a line in neither form or in the other form
     than the first line's; ConfigError for a file that cannot be read."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-        raise ConfigError(f"{path}: cannot read the labels file: {reason}") from None
-    labels: dict[str, list[int] | list[str]] = {}
-    paddle_form: bool | None = None
+    lines = read_lines(path, "labels file")
+    first = next((line for line in lines if line.strip()), "")
+    # a title column and no integer ids (`v<TAB>1<TAB>3` is ids): MultimodalVideoTag's
+    if is_tag_line(first) and _integers(first.strip().partition("\t")[2]) is None:
+        labels: dict[str, list[int] | list[str]] = {}
+        for tagged in read_tags(path):
+            labels.setdefault(tagged.pickle_name, list(tagged.labels))
+        return labels
+    by_id: dict[str, list[int] | list[str]] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        fields = line.split("\t")
         video_id, _, ids = line.strip().partition("\t" if "\t" in line else " ")
-        if paddle_form is None:
-            # a title column and no integer ids (`v<TAB>1<TAB>3` is ids): MultimodalVideoTag's
-            paddle_form = len(fields) >= 3 and _integers(ids) is None
-        if paddle_form:
-            if len(fields) != 3:
-                raise ConfigError(f"{path}:{number}: expected {MVT_FORM} as the first line is, "
-                                  f"got {line[:80]!r}")
-            # PaddleVideo finds the pickle of a URL by this name; it skips a line without
-            # labels and keeps the first line with labels for a video
-            video_id = fields[0].strip().split("/")[-1].split(".")[0]
-            names = [name.strip() for name in fields[2].split(",") if name.strip()]
-            if names and video_id not in labels:
-                labels[video_id] = names
-            continue
         integers = _integers(ids)
         if integers is None:
             raise ConfigError(f"{path}:{number}: expected {ID_FORM} (or {MVT_FORM} on every "
                               f"line), got {line[:80]!r}")
-        labels[video_id] = integers
-    return labels
+        by_id[video_id] = integers
+    return by_id
 
 
 def _integers(text: str) -> list[int] | None:
@@ -231,22 +217,6 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
-def rows_on_timeline(store: FeatureStore, video_id: str,
-                     features: list[str]) -> dict[str, np.ndarray]:
-    """Each feature on the first feature's rows: the first as stored, each other resampled onto
-    the first's [start, end) spans with ``aligned``'s ``mean`` rule (the mean of the rows
-    overlapping a span, else the row whose centre is nearest). Float32, [N, D] each."""
-    first, *others = features
-    result = {first: store.get(video_id, first)}
-    spans = store.times(video_id, first)
-    for feature in others:
-        data = store.get(video_id, feature)
-        if not len(data):
-            raise ValueError(f"{video_id}/{feature} has no rows to resample")
-        result[feature] = _resample(data, store.times(video_id, feature), spans, "mean")
-    return result
-
-
 def export_hdf5(store_or_path: FeatureStore | str | Path, out_file: str | Path,
                 features: list[str], dataset_name: str | None = None) -> int:
     """One dataset per video (2D-TAN's layout; see the module docstring). Returns the count."""
@@ -294,7 +264,7 @@ def _concatenated(store: FeatureStore, features: list[str]) -> Iterable[tuple[st
         if missing:
             lacking.append(f"{video_id} ({', '.join(missing)})")
             continue
-        on_rows = rows_on_timeline(store, video_id, features)
+        on_rows = store.on_rows_of(video_id, features)
         yield video_id, np.concatenate([on_rows[f] for f in features], axis=1)
     if lacking:
         log.warning("%d videos lack a feature of %s and were not exported: %s", len(lacking),

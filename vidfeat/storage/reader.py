@@ -177,6 +177,21 @@ class FeatureStore:
                     for name, (data, times) in series.items()}
         )
 
+    def on_rows_of(self, video_id: str, features: list[str]) -> dict[str, np.ndarray]:
+        """Each feature on the first feature's rows: the first as stored, each other resampled
+        onto the first's [start, end) spans with ``aligned``'s ``mean`` rule (the mean of the
+        rows overlapping a span, else the row whose centre is nearest). Float32, [N, D] each
+        (S2VT pipelines tile C3D onto frames so)."""
+        first, *others = features
+        result = {first: self.get(video_id, first)}
+        spans = self.times(video_id, first)
+        for feature in others:
+            data = self.get(video_id, feature)
+            if not len(data):
+                raise ValueError(f"{video_id}/{feature} has no rows to resample")
+            result[feature] = _resample(data, self.times(video_id, feature), spans, "mean")
+        return result
+
     def _lookup(self) -> _DirectoryIndex | MergedIndex | JsonMergedIndex:
         """This process's view of the index, opened on first use."""
         if self._pid != os.getpid():

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from vidfeat.datasets.trainers import captioning, grounding, tagging
-from vidfeat.datasets.trainers.loop import CHECKPOINT, TrainOptions, resolve_device, save_results
+from vidfeat.datasets.trainers.loop import CHECKPOINT, TrainOptions, save_results
+from vidfeat.host import resolve_device
 
 TASKS: dict[str, ModuleType] = {"captioning": captioning, "grounding": grounding,
                                 "tagging": tagging}

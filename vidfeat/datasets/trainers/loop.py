@@ -35,16 +35,6 @@ class TrainOptions:
     progress: bool = True
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when there is a GPU. Asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available")
-    return device
-
-
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed)
