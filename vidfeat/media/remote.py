@@ -114,10 +114,13 @@ def filesystem(url: str) -> tuple[Any, str]:
     roles; ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) points S3 at MinIO, Ceph or a
     test server."""
     protocol = _SCHEMES[url.partition("://")[0].lower()]
+    # a new endpoint or key in the environment (a test, a benchmark) gets a new client
+    settings = protocol + "|" + "|".join(os.environ.get(name, "") for name in (
+        "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE"))
     with _fs_lock:
-        fs = _filesystems.get(protocol)
+        fs = _filesystems.get(settings)
         if fs is None:
-            fs = _filesystems[protocol] = _new_filesystem(protocol)
+            fs = _filesystems[settings] = _new_filesystem(protocol)
     path = url if protocol == "http" else fs._strip_protocol(url)
     return fs, path
 
@@ -190,9 +193,10 @@ def _permanent(error: BaseException) -> bool:
     return isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)
 
 
-def retried(what: str, call: Any) -> Any:
-    """``call()`` with transient failures retried with backoff; the last failure, or a
-    permanent one, as RemoteReadError(``what``: reason)."""
+def retried(what: str, call: Any, where: str = "") -> Any:
+    """``call()`` with transient failures retried with backoff; a permanent failure as
+    RemoteReadError(``what``: reason), the last transient one as (``what````where``: reason,
+    after N tries)."""
     tries = _tries()
     for attempt in range(tries):
         try:
@@ -204,7 +208,7 @@ def retried(what: str, call: Any) -> Any:
                 raise RemoteReadError(f"{what}: {_why(error)}") from None
             if attempt == tries - 1:
                 raise RemoteReadError(
-                    f"{what}: {_why(error)} (after {tries} tries)") from None
+                    f"{what}{where}: {_why(error)} (after {tries} tries)") from None
             _count(retries=1)
             time.sleep(_backoff(attempt))
     raise AssertionError("unreachable")
@@ -284,7 +288,7 @@ class _Source:
             else (path, 0, None)
         self.name = redact(path)
         self.url = is_url(self.location)
-        whole, version = _object_info(self.location, self.name) if self.url \
+        whole, version = _object_info(self.location, self.name, size is None) if self.url \
             else (os.stat(self.location).st_size, str(os.stat(self.location).st_mtime_ns))
         self.size = whole if size is None else size
         # the version in the key: a long-lived worker never serves an older object's blocks
@@ -295,7 +299,6 @@ class _Source:
         end = min(start + BLOCK_BYTES, self.size)
         if self.url:
             fs, fspath = filesystem(self.location)
-            what = f"{self.name}: bytes {start}-{end}"
 
             def read() -> bytes:
                 data = fs.cat_file(fspath, start=self.base + start, end=self.base + end)
@@ -305,7 +308,7 @@ class _Source:
                     raise OSError(f"short read: {len(data)} of {end - start} bytes")
                 return data
 
-            return retried(what, read)
+            return retried(self.name, read, f" (bytes {start}-{end})")
         with open(self.location, "rb") as handle:
             handle.seek(self.base + start)
             data = handle.read(end - start)
@@ -319,23 +322,40 @@ _infos: OrderedDict[str, tuple[float, int, str]] = OrderedDict()
 _INFO_SECONDS = 60.0  # the probe, decode and audio of a video ask once
 
 
-def _object_info(url: str, name: str) -> tuple[int, str]:
+def _object_info(url: str, name: str, need_size: bool = True) -> tuple[int, str]:
     """(size, version) of an object, asked once a minute at most (one HEAD request)."""
     now = time.monotonic()
     with _count_lock:
         known = _infos.get(url)
-    if known is not None and now - known[0] < _INFO_SECONDS:
+    if known is not None and now - known[0] < _INFO_SECONDS and (known[1] >= 0 or not need_size):
         return known[1], known[2]
     fs, fspath = filesystem(url)
     info = retried(name, lambda: fs.info(fspath))
     if info.get("size") is None:
         raise RemoteReadError(f"{name}: the server does not say the object's size")
     stat = stat_of(info)
+    remember(url, stat)
+    return stat.size, _version(stat)
+
+
+def remember(path: str, stat: RemoteStat) -> None:
+    """What the listing said about ``path``'s object: its reads then ask no HEAD, and its
+    blocks are cached under the listed version (a long-lived worker never serves the blocks
+    of the object it read yesterday for the one replaced since)."""
+    member = split_member(path)
+    url, size = (member[0], -1) if member else (path, stat.size)  # a member: its tar's version
+    if not is_url(url):
+        return
+    version = (stat.etag or stat.generation) if member else _version(stat)
     with _count_lock:
-        _infos[url] = (now, stat.size, stat.generation or stat.etag or stat.modified)
+        _infos[url] = (time.monotonic(), size, version)
+        _infos.move_to_end(url)
         while len(_infos) > 4096:
             _infos.popitem(last=False)
-    return stat.size, stat.generation or stat.etag or stat.modified
+
+
+def _version(stat: RemoteStat) -> str:
+    return stat.generation or stat.etag or stat.modified
 
 
 def stat_of(info: dict[str, Any]) -> RemoteStat:

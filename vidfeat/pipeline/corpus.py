@@ -71,13 +71,14 @@ def _from_list(list_file: Path) -> list[Path | str]:
     return paths
 
 
-def _expand(source: str, extensions: frozenset[str]) -> list[Path | VideoSource]:
+def _expand(source: str, extensions: frozenset[str]
+            ) -> list[Path | VideoSource | Rejected]:
     if source.startswith("@"):
         entries = _from_list(Path(source[1:]).expanduser())
         # a nightly list is written before the run: an entry deleted since is that video's
         # failure ("not found", in scan), not the run's
         return [path for entry in entries
-                for path in (_expand(entry, extensions) if isinstance(entry, str)
+                for path in (_expand_url(entry, extensions) if isinstance(entry, str)
                              else _expand_path(entry, extensions) if _exists(entry)
                              else [entry])]
     if "{" in source or _is_url(source):  # objects, prefixes, tar shards: sources.py lists them
@@ -87,6 +88,13 @@ def _expand(source: str, extensions: frozenset[str]) -> list[Path | VideoSource]
                 for found in (expand_url(each, extensions) if _is_url(each)
                               else _expand_path(Path(each).expanduser(), extensions))]
     return _expand_path(Path(source).expanduser(), extensions)
+
+
+def _expand_url(url: str, extensions: frozenset[str]) -> list[VideoSource | Rejected]:
+    from vidfeat.pipeline.sources import expand_url
+
+    # as for a file: an object deleted since the list was written is that video's failure
+    return list(expand_url(url, extensions, missing_ok=True))
 
 
 def _is_url(source: str) -> bool:
@@ -155,7 +163,7 @@ def scan(sources: list[str], limit: int | None = None,
     by_id: dict[str, str] = {}
     for source in sources:
         for path in _expand(source, wanted):
-            listed = path if isinstance(path, VideoSource) else None
+            listed = path if isinstance(path, (VideoSource, Rejected)) else None
             absolute = listed.path if listed else str(path.resolve())
             video_id = listed.video_id if listed else path.stem
             if video_id in by_id:

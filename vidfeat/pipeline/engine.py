@@ -28,6 +28,7 @@ from vidfeat.extractors.base import Extractor, Item
 from vidfeat.extractors.pool import ExtractorPool
 from vidfeat.media import Frame, MediaInfo, iter_frames, probe
 from vidfeat.media.audio import iter_audio
+from vidfeat.media.remote import remember
 from vidfeat.pipeline.corpus import video_attrs
 from vidfeat.pipeline.plan import Segment, WorkUnit
 from vidfeat.pipeline.records import (
@@ -217,6 +218,8 @@ class Engine:
     def _media(self, unit: WorkUnit) -> tuple[MediaInfo, dict[str, Any]]:
         """The unit's probe facts and store attributes: the planner's, or probed here, once
         per video and task (its visual and audio units share them)."""
+        if unit.video.remote is not None:  # the listing's version: no HEAD, no stale blocks
+            remember(unit.video.path, unit.video.remote)
         if unit.info is not None:
             return unit.info, unit.attrs or video_attrs(unit.video, unit.info)
         known = self._probed.get(unit.video.path)

@@ -46,10 +46,13 @@ def _probe_videos(videos: list[VideoSource]) -> list[tuple[Any, dict | None, str
     """Each video's probe facts and store attributes (fingerprinted here, once per video, not
     by each of its units or segments), or why it cannot be read."""
     from vidfeat.media import probe
+    from vidfeat.media.remote import remember
 
     results: list[tuple[Any, dict | None, str]] = []
     for video in videos:
         try:
+            if video.remote is not None:
+                remember(video.path, video.remote)
             info = probe(video.path)
             results.append((info, video_attrs(video, info), ""))
         except Exception as error:  # recorded for the video; the run goes on

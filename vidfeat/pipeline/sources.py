@@ -29,7 +29,7 @@ from vidfeat.media.remote import (
 )
 
 if TYPE_CHECKING:
-    from vidfeat.pipeline.corpus import VideoSource
+    from vidfeat.pipeline.corpus import Rejected, VideoSource
 
 log = logging.getLogger(__name__)
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}|\{([^{}]*,[^{}]*)\}")
@@ -62,10 +62,13 @@ def check_url(url: str) -> None:
                           f"be stored with the features); use the environment or a profile")
 
 
-def expand_url(url: str, extensions: frozenset[str]) -> list[VideoSource]:
+def expand_url(url: str, extensions: frozenset[str], missing_ok: bool = False
+               ) -> list[VideoSource | Rejected]:
     """The videos a URL names: one object, every object under a prefix (``s3://b/dir/``: the
-    same extension rule as a directory scan), or every video of a tar shard."""
-    from vidfeat.pipeline.corpus import VideoSource
+    same extension rule as a directory scan), or every video of a tar shard. ``missing_ok``:
+    a single object that is not there (or cannot be read) is returned as Rejected, with the
+    reason (an entry of a list file)."""
+    from vidfeat.pipeline.corpus import Rejected, VideoSource
 
     check_url(url)
     if PurePosixPath(url.split("?")[0]).suffix.lower() == ".tar":
@@ -81,6 +84,10 @@ def expand_url(url: str, extensions: frozenset[str]) -> list[VideoSource]:
         else:
             objects = [(path, retried(redact(url), lambda: fs.info(path)))]
     except RemoteReadError as error:
+        if missing_ok and not url.endswith("/"):  # gone or denied since the list was written
+            reason = str(error).removeprefix(f"{redact(url)}: ")
+            return [Rejected(PurePosixPath(path).stem, url,
+                             "not found" if reason == "no such object" else reason)]
         raise ConfigError(str(error)) from None
     if not objects:
         raise ConfigError(f"{redact(url)}: no objects with a video extension")
