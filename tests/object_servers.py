@@ -154,6 +154,8 @@ class _RangeHandler(SimpleHTTPRequestHandler):
         pass
 
     def send_head(self):  # type: ignore[override]
+        self.server.requests.append(  # type: ignore[attr-defined]
+            f"{self.command} {self.path} {self.headers.get('Range', '')}".strip())
         found = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
         path = Path(self.translate_path(self.path))
         if found is None or not path.is_file():
@@ -187,8 +189,10 @@ class _Limited:
 
 def http_server(directory: Path) -> ThreadingHTTPServer:
     """A static HTTP server for ``directory`` on 127.0.0.1 (plain http, as https:// sources
-    are read the same way), serving in a daemon thread; ``shutdown()`` stops it."""
+    are read the same way), serving in a daemon thread; ``shutdown()`` stops it;
+    ``requests`` lists what it was asked."""
     handler = functools.partial(_RangeHandler, directory=str(directory))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.requests = []  # type: ignore[attr-defined]  # "GET /path bytes=0-99" of each
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
