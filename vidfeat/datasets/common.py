@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from vidfeat.storage.reader import FeatureStore, open_store
+from vidfeat.storage.schema import Status
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +72,13 @@ def _examples(items: list[str]) -> str:
 def videos_with(store: FeatureStore, feature: str) -> set[str]:
     """Videos whose ``feature`` extracted successfully with at least one row."""
     return {e.video_id for e in store.entries()
-            if e.feature == feature and e.status == "ok" and e.rows > 0}
+            if e.feature == feature and e.status == Status.OK and e.rows > 0}
 
 
 def feature_dim(store: FeatureStore, feature: str) -> int:
     """The feature's width in this store (its extractor's, with default options, if no video
     has it)."""
-    dims = {e.dim for e in store.entries() if e.feature == feature and e.status == "ok"}
+    dims = {e.dim for e in store.entries() if e.feature == feature and e.status == Status.OK}
     if len(dims) > 1:
         raise ValueError(f"{store.path}: {feature} has several widths: {sorted(dims)}")
     if dims:

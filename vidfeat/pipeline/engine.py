@@ -39,7 +39,7 @@ from vidfeat.pipeline.records import (
     outcomes,
     reason_of,
 )
-from vidfeat.storage.schema import FeatureRecord, VideoRecord
+from vidfeat.storage.schema import FeatureRecord, Status, VideoRecord
 from vidfeat.storage.writer import write_shard
 
 # PTS * time_base is inexact in binary: times this close are the same instant
@@ -114,7 +114,7 @@ class Engine:
                     features[name] = _Feature(self.pool.get(name))
                 except VidfeatError as error:  # weights or device: the same for every video
                     features[name] = _Feature(None, failure=FeatureRecord(  # type: ignore[arg-type]
-                        name, "failed", reason=reason_of(error)))
+                        name, Status.FAILED, reason=reason_of(error)))
             states.append(_Unit(unit, features))
         sizes = {name: self.batch_size or feature.extractor.batch_size
                  for state in states for name, feature in state.features.items()
@@ -252,7 +252,7 @@ class Engine:
             if unit.kind == "visual" and not info.has_video:
                 for feature in live.values():
                     feature.failure = failed_record(feature.extractor, "no video stream",
-                                                    "skipped")
+                                                    Status.SKIPPED)
             elif unit.kind == "visual":
                 self._decode_visual(state, info, live, messages)
             else:
@@ -301,7 +301,8 @@ class Engine:
                       messages: queue.Queue) -> None:
         if not info.has_audio:
             for feature in live.values():
-                feature.failure = failed_record(feature.extractor, "no audio stream", "skipped")
+                feature.failure = failed_record(feature.extractor, "no audio stream",
+                                                Status.SKIPPED)
             return
         streams = {name: f.extractor.audio_stream(info.audio_start) for name, f in live.items()}
         samples = 0
@@ -312,7 +313,7 @@ class Engine:
         if not samples:
             for feature in live.values():
                 feature.failure = failed_record(feature.extractor,
-                                                "the audio stream has no samples", "skipped")
+                                                "the audio stream has no samples", Status.SKIPPED)
             return
         for name, stream in streams.items():
             self._put(state, name, stream.finish(), math.inf, messages)
@@ -395,5 +396,5 @@ def _record(feature: _Feature, unit: WorkUnit, decoded_by: tuple[str, str] | Non
     times = np.asarray(feature.spans, dtype=np.float64).reshape(-1, 2)
     if not len(data) and unit.segment is None:
         return failed_record(extractor, "no rows: the video is too short for this extractor")
-    return FeatureRecord(extractor.name, "ok", data=data, times=times,
+    return FeatureRecord(extractor.name, Status.OK, data=data, times=times,
                          attrs=feature_attrs(extractor, feature.padded, decoded_by))

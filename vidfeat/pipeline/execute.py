@@ -31,7 +31,7 @@ from vidfeat.pipeline.prepare import PreparedRun, RunOptions, RunReport, unit_ke
 from vidfeat.pipeline.records import TaskReport, reason_of
 from vidfeat.pipeline.worker import extractor_plugin
 from vidfeat.storage.index import StoreIndex
-from vidfeat.storage.schema import FeatureRecord, Outcome, ShardContents, VideoRecord
+from vidfeat.storage.schema import FeatureRecord, Outcome, ShardContents, Status, VideoRecord
 from vidfeat.storage.writer import write_shard
 
 #: how often the driver looks at Ctrl-C and at tasks running past --task-timeout
@@ -220,10 +220,11 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
     seconds = task_seconds(sum(sizes) / TYPICAL_BYTES_PER_SECOND, slots,
                            run.options.segment_seconds)
     splittable = 1.5 * seconds * MIN_BYTES_PER_SECOND
+    # --segment-seconds sizes every task by media seconds: all videos are probed first
     to_probe = [position for position, ((_, names), size) in enumerate(zip(run.todo, sizes,
                                                                          strict=True))
-                if any(modality[name] != "audio" for name in names)
-                and (run.options.segment_seconds or size > splittable)]
+                if run.options.segment_seconds
+                or (size > splittable and any(modality[name] != "audio" for name in names))]
     probed = dict(zip(to_probe, _probe_all([run.todo[i][0] for i in to_probe], client,
                                            stop, task_timeout), strict=True))
     if stop.is_set():
@@ -348,11 +349,11 @@ def _failures(failed: list[tuple[VideoSource, list[str], str]], run: PreparedRun
     videos: dict[str, VideoRecord] = {}
     outcomes = []
     for video, names, reason in failed:
-        records = [FeatureRecord(name, "failed", reason=reason) for name in names]
+        records = [FeatureRecord(name, Status.FAILED, reason=reason) for name in names]
         held = videos.setdefault(video.video_id, VideoRecord(
             video.video_id, {"source_path": video.path, "video_id": video.video_id}, []))
         held.features += records
-        outcomes += [Outcome(video.video_id, name, "failed", reason, source_path=video.path)
+        outcomes += [Outcome(video.video_id, name, Status.FAILED, reason, source_path=video.path)
                      for name in names]
     shard = write_shard(run.store, None, list(videos.values()), dtype=run.options.dtype)
     return shard, outcomes

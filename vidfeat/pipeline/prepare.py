@@ -23,7 +23,7 @@ from vidfeat.pipeline.corpus import Rejected, VideoSource, extension_set, finger
 from vidfeat.pipeline.sources import remote_fingerprint
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.lock import StoreLock
-from vidfeat.storage.schema import INDEX_FILE, SHARD_DIR, Outcome
+from vidfeat.storage.schema import INDEX_FILE, SHARD_DIR, Outcome, Status
 from vidfeat.storage.writer import create_store
 
 RESUME_HINT = "rerun the same command to resume"
@@ -111,7 +111,7 @@ class RunReport:
 
     @property
     def failed(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status == "failed"]
+        return [o for o in self.outcomes if o.status == Status.FAILED]
 
     @property
     def failed_videos(self) -> set[str]:
@@ -119,7 +119,7 @@ class RunReport:
 
     @property
     def extracted(self) -> int:
-        done = {o.video_id for o in self.outcomes if o.status != "up_to_date"}
+        done = {o.video_id for o in self.outcomes if o.status != Status.UP_TO_DATE}
         return len(done - self.failed_videos)
 
     @property
@@ -140,7 +140,7 @@ class RunReport:
         # skips repeat on a large corpus (every silent video): one line per feature and reason
         skips: dict[tuple[str, str], list[str]] = {}
         for outcome in self.outcomes:
-            if outcome.status == "skipped":
+            if outcome.status == Status.SKIPPED:
                 skips.setdefault((outcome.feature, outcome.reason), []).append(outcome.video_id)
         lines += [f"  skipped {feature} for {len(videos)} videos: {reason} "
                   f"(e.g. {', '.join(videos[:3])})" for (feature, reason), videos in skips.items()]
@@ -239,7 +239,7 @@ def _features_to_extract(video: VideoSource, index: StoreIndex, hashes: dict[str
         return list(hashes)  # the file changed: everything again
     present = index.video_features(video.video_id)
     return [name for name, config_hash in hashes.items()
-            if name not in present or present[name].status == "failed"
+            if name not in present or present[name].status == Status.FAILED
             or present[name].config_hash != config_hash]
 
 
@@ -293,7 +293,7 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
                 names = list(hashes) if options.overwrite else _features_to_extract(
                     video, index, hashes)
         except ConfigError as error:
-            report.add([Outcome(video.video_id, name, "failed", str(error),
+            report.add([Outcome(video.video_id, name, Status.FAILED, str(error),
                                 source_path=video.path) for name in hashes])
             continue
         if names:
@@ -304,7 +304,7 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
                     for entry in index.video_features(video.video_id).values()):
                 report.kept_float16 += 1
             report.up_to_date += 1
-            report.add([Outcome(video.video_id, name, "up_to_date", source_path=video.path)
+            report.add([Outcome(video.video_id, name, Status.UP_TO_DATE, source_path=video.path)
                         for name in hashes])
     if options.limit is not None and len(todo) > options.limit:
         # the first N videos still to do, not the first N found: a nightly --limit advances
@@ -323,4 +323,4 @@ def _has_shards(store: Path) -> bool:
 def _failed_features(video: VideoSource, index: StoreIndex, hashes: dict[str, str]
                      ) -> list[str]:
     present = index.video_features(video.video_id)
-    return [name for name in hashes if name in present and present[name].status == "failed"]
+    return [name for name in hashes if name in present and present[name].status == Status.FAILED]

@@ -67,7 +67,7 @@ def feature_attrs(extractor: Extractor, padded: bool = False,
     return attrs
 
 
-def failed_record(extractor: Extractor, reason: str, status: Status = "failed"
+def failed_record(extractor: Extractor, reason: str, status: Status = Status.FAILED
                   ) -> FeatureRecord:
     return FeatureRecord(extractor.name, status, reason=reason, attrs=feature_attrs(extractor))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from vidfeat.pipeline.records import SegmentPart, TaskReport, outcomes
-from vidfeat.storage.schema import FeatureRecord, VideoRecord
+from vidfeat.storage.schema import FeatureRecord, Status, VideoRecord
 from vidfeat.storage.writer import write_shard
 
 
@@ -33,7 +33,7 @@ def stitch(parts: list[SegmentPart], modality: dict[str, str]) -> VideoRecord:
     records = []
     for position, record in enumerate(first.records):
         pieces = [part.records[position] for part in parts]
-        failed = next((piece for piece in pieces if piece.status != "ok"), None)
+        failed = next((piece for piece in pieces if piece.status != Status.OK), None)
         if failed is not None:
             index = pieces.index(failed)
             reason = f"segment {index + 1}/{len(pieces)}: {failed.reason}"
@@ -45,14 +45,15 @@ def stitch(parts: list[SegmentPart], modality: dict[str, str]) -> VideoRecord:
         if modality[record.feature] == "frames" and len(times):
             times = frame_row_ends(times, parts[-1].end)
         if not len(data):
-            records.append(FeatureRecord(record.feature, "failed", attrs=record.attrs,
+            records.append(FeatureRecord(record.feature, Status.FAILED, attrs=record.attrs,
                                          reason="no rows: the video is too short for this "
                                                 "extractor"))
             continue
         attrs = dict(record.attrs, segments=len(pieces))
         if "decode_device" in attrs:  # a worker whose GPU decode failed did its parts on the CPU
             attrs["decode_device"] = ",".join(sorted({p.attrs["decode_device"] for p in pieces}))
-        records.append(FeatureRecord(record.feature, "ok", data=data, times=times, attrs=attrs))
+        records.append(FeatureRecord(record.feature, Status.OK, data=data, times=times,
+                                     attrs=attrs))
     return VideoRecord(first.unit.video.video_id, first.attrs, records)
 
 

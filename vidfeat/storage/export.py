@@ -62,7 +62,7 @@ from vidfeat.errors import ConfigError
 from vidfeat.storage.files import TEMP_SUFFIX
 from vidfeat.storage.labels import MVT_FORM, is_tag_line, read_lines, read_tags
 from vidfeat.storage.reader import FeatureStore, using_store
-from vidfeat.storage.schema import FeatureEntry
+from vidfeat.storage.schema import FeatureEntry, Status
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def check_features(store: FeatureStore, features: list[str]) -> None:
 
 def _dim(entries: Iterable[FeatureEntry], feature: str) -> int:
     """The feature's width in this store; VGGish's 128 if no video has it."""
-    dims = {e.dim for e in entries if e.feature == feature and e.status == "ok"}
+    dims = {e.dim for e in entries if e.feature == feature and e.status == Status.OK}
     if len(dims) > 1:
         raise ValueError(f"{feature} has several widths in this store: {sorted(dims)}")
     return dims.pop() if dims else 128
@@ -257,7 +257,8 @@ def _concatenated(store: FeatureStore, features: list[str]) -> Iterable[tuple[st
     others."""
     if not features:
         raise ValueError("name at least one feature to export")
-    with_rows = {(e.video_id, e.feature) for e in store.entries() if e.status == "ok" and e.rows}
+    with_rows = {(e.video_id, e.feature) for e in store.entries()
+                 if e.status == Status.OK and e.rows}
     lacking = []
     for video_id in store.videos():
         missing = [f for f in features if (video_id, f) not in with_rows]

@@ -9,7 +9,7 @@ import numpy as np
 
 from vidfeat.storage.reader import FeatureStore, open_store
 from vidfeat.storage.runs import read_reports
-from vidfeat.storage.schema import FeatureEntry
+from vidfeat.storage.schema import FeatureEntry, Status
 
 EXAMPLES_SHOWN = 3
 
@@ -31,7 +31,7 @@ def summarize(path: str | Path, video_id: str | None = None) -> str:
         ]
         ok_by_feature: dict[str, list[FeatureEntry]] = defaultdict(list)
         for entry in entries:
-            if entry.status == "ok":
+            if entry.status == Status.OK:
                 ok_by_feature[entry.feature].append(entry)
         warnings = []
         for feature, ok in sorted(ok_by_feature.items()):
@@ -61,7 +61,7 @@ def _failures(entries: list[FeatureEntry]) -> list[str]:
     """Failed and skipped features grouped by reason, with a few example videos each."""
     groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for entry in entries:
-        if entry.status != "ok":
+        if entry.status != Status.OK:
             groups[entry.status, entry.feature, entry.reason].append(entry.video_id)
     if not groups:
         return []
@@ -78,7 +78,7 @@ def _video_details(store: FeatureStore, video_id: str) -> str:
     lines += [f"  {key}: {value}" for key, value in sorted(store.attrs(video_id).items())]
     for entry in sorted((e for e in store.entries() if e.video_id == video_id),
                         key=lambda e: e.feature):
-        if entry.status == "ok":
+        if entry.status == Status.OK:
             times = store.times(video_id, entry.feature)
             span = f"{times[0, 0]:.3f}-{times[-1, 1]:.3f} s" if len(times) else "no rows"
             lines.append(f"{entry.feature}: [{entry.rows}, {entry.dim}] {entry.dtype}, {span}"
@@ -103,7 +103,7 @@ def failures_listing(path: str | Path) -> str:
     with open_store(path) as store:
         lines = []
         for entry in sorted(store.entries(), key=lambda e: (e.video_id, e.feature)):
-            if entry.status == "failed":
+            if entry.status == Status.FAILED:
                 source = store.attrs(entry.video_id).get("source_path", "")
                 lines.append(f"{entry.video_id}\t{entry.feature}\t{entry.reason}\t{source}")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from vidfeat.storage.schema import (
     VIDEOS_GROUP,
     FeatureEntry,
     ShardContents,
+    Status,
 )
 
 #: the attributes every feature record carries beside its own
@@ -83,7 +84,7 @@ def contents_from_index(payload: dict[str, Any], relpath: str) -> ShardContents:
     entries = [
         entry(row["video_id"], row["feature"], relpath, row["status"], row["reason"],
               {**shared.get(row["feature"], {}), **row.get("attrs", {})},
-              (row["rows"], row["dim"]) if row["status"] == "ok" else None, row["dtype"])
+              (row["rows"], row["dim"]) if row["status"] == Status.OK else None, row["dtype"])
         for row in payload["entries"]
     ]
     return ShardContents(relpath, int(payload["written_at"]), str(payload["vidfeat_version"]),
@@ -114,7 +115,7 @@ def read_contents(h5: h5py.File, relpath: str) -> ShardContents:
             attrs = read_attrs(group)
             data = group.get("data")
             entries.append(entry(
-                video_id, feature, relpath, str(python_value(attrs.get("status", "failed"))),
+                video_id, feature, relpath, str(python_value(attrs.get("status", Status.FAILED))),
                 str(attrs.get("reason", "")), attrs,
                 data.shape if data is not None else None,
                 data.dtype.name if data is not None else ""))

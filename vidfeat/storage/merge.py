@@ -36,6 +36,7 @@ from vidfeat.storage.schema import (
     SHARD_DIR,
     VIDEOS_GROUP,
     FeatureEntry,
+    Status,
     video_key,
 )
 from vidfeat.storage.writer import HDF5_LIBVER, readable_store
@@ -147,7 +148,7 @@ def _copy_groups(directory: Path, index: StoreIndex, files: list[h5py.File],
             common, own = _attrs(source, payload, entry)
             if common not in shared:
                 shared[common] = len(shared)
-            if entry.status == "ok":
+            if entry.status == Status.OK:
                 videos = part[VIDEOS_GROUP]
                 group = videos.get(entry.video_id) or videos.create_group(entry.video_id)
                 source.copy(source[f"{VIDEOS_GROUP}/{entry.video_id}/{entry.feature}"], group,

@@ -27,7 +27,7 @@ import numpy as np
 
 from vidfeat.errors import StoreError
 from vidfeat.storage.attrs import read_attrs
-from vidfeat.storage.schema import INDEX_NODE, VIDEOS_GROUP, FeatureEntry, video_key
+from vidfeat.storage.schema import INDEX_NODE, VIDEOS_GROUP, FeatureEntry, Status, video_key
 
 TEXT = h5py.string_dtype()
 VIDEO_ROW = np.dtype([("video_id", TEXT), ("attrs", TEXT), ("ok", np.uint8)])
@@ -162,7 +162,7 @@ class JsonMergedIndex:
 
     def ok_videos(self) -> list[str]:
         return sorted(v for v, features in self.by_video.items()
-                      if any(e.status == "ok" for e in features.values()))
+                      if any(e.status == Status.OK for e in features.values()))
 
     def iter_entries(self) -> Iterator[FeatureEntry]:
         return iter(self.entries)

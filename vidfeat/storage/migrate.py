@@ -28,6 +28,7 @@ from vidfeat.storage.schema import (
     SHARD_DIR,
     FeatureEntry,
     FeatureRecord,
+    Status,
     VideoRecord,
 )
 from vidfeat.storage.writer import read_marker, write_into, write_marker
@@ -91,10 +92,10 @@ def _videos(store: FeatureStore) -> Iterator[VideoRecord]:
 def _record(store: FeatureStore, entry: FeatureEntry) -> FeatureRecord:
     video_id, feature = entry.video_id, entry.feature
     attrs = {k: v for k, v in store.attrs(video_id, feature).items() if k not in ENTRY_KEYS}
-    if entry.status != "ok":
+    if entry.status != Status.OK:
         return FeatureRecord(feature, entry.status, entry.reason,  # type: ignore[arg-type]
                              attrs=attrs)
-    return FeatureRecord(feature, "ok", entry.reason, data=store.get(video_id, feature, None),
+    return FeatureRecord(feature, Status.OK, entry.reason, data=store.get(video_id, feature, None),
                          times=store.times(video_id, feature), attrs=attrs)
 
 

@@ -34,7 +34,9 @@ from vidfeat.storage.schema import (
     INDEX_NODE,
     MERGED_FORMAT,
     VIDEOS_GROUP,
+    Failure,
     FeatureEntry,
+    Status,
 )
 from vidfeat.storage.writer import readable_store
 
@@ -101,7 +103,7 @@ class FeatureStore:
 
     def features(self, video_id: str) -> list[str]:
         """The features ``get`` can read for ``video_id``."""
-        return sorted(f for f, e in self._video_entries(video_id).items() if e.status == "ok")
+        return sorted(f for f, e in self._video_entries(video_id).items() if e.status == Status.OK)
 
     def entries(self) -> list[FeatureEntry]:
         """Every (video, feature) the store knows, failures included (all in memory: on a
@@ -112,10 +114,11 @@ class FeatureStore:
         """Every (video, feature) the store knows, failures included, streamed."""
         return self._lookup().iter_entries()
 
-    def failures(self) -> list[tuple[str, str, str, str]]:
-        """``(video_id, feature, status, reason)`` for every failed or skipped feature."""
-        return sorted((e.video_id, e.feature, e.status, e.reason) for e in self.iter_entries()
-                      if e.status != "ok")
+    def failures(self) -> list[Failure]:
+        """Every failed or skipped feature: ``Failure(video_id, feature, status, reason)`` (a
+        named tuple: ``for video_id, feature, status, reason in store.failures()``)."""
+        return sorted(Failure(e.video_id, e.feature, Status(e.status), e.reason)
+                      for e in self.iter_entries() if e.status != Status.OK)
 
     def get(self, video_id: str, feature: str,
             dtype: npt.DTypeLike | None = np.float32) -> np.ndarray:
@@ -221,7 +224,7 @@ class FeatureStore:
         if entry is None:
             raise KeyError(f"video {video_id!r} has no feature {feature!r} "
                            f"(it has {sorted(entries)})")
-        if entry.status != "ok":
+        if entry.status != Status.OK:
             raise KeyError(f"{video_id!r}/{feature} has no data: {entry.status}: {entry.reason}")
         return entry
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from vidfeat.errors import StoreError
 from vidfeat.storage.files import replace_atomically
-from vidfeat.storage.schema import Outcome
+from vidfeat.storage.schema import Outcome, Status
 
 RUNS_DIR = "runs"
 REPORT_FORMAT = "vidfeat-run"
@@ -87,11 +87,11 @@ def build_report(outcomes: Iterable[Outcome], *, started: float, ended: float,
         features[outcome.status] = features.get(outcome.status, 0) + 1
         listed = {"video_id": outcome.video_id, "feature": outcome.feature,
                   "reason": outcome.reason, "source_path": outcome.source_path}
-        if outcome.status == "failed":
+        if outcome.status == Status.FAILED:
             failures.append(listed)
-        elif outcome.status == "skipped":
+        elif outcome.status == Status.SKIPPED:
             skips.append(listed)
-        elif outcome.status == "ok":
+        elif outcome.status == Status.OK:
             totals = spent[outcome.feature]
             totals["videos"] += 1
             totals["rows"] += outcome.rows
@@ -100,11 +100,11 @@ def build_report(outcomes: Iterable[Outcome], *, started: float, ended: float,
     videos = {"total": total, "done": 0, "up_to_date": 0, "skipped": 0, "failed": 0,
               "not_started": total - len(by_video)}
     for statuses in by_video.values():
-        if "failed" in statuses:
+        if Status.FAILED in statuses:
             videos["failed"] += 1
-        elif statuses == {"up_to_date"}:
+        elif statuses == {Status.UP_TO_DATE}:
             videos["up_to_date"] += 1
-        elif "ok" not in statuses:
+        elif Status.OK not in statuses:
             videos["skipped"] += 1
         else:
             videos["done"] += 1

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -51,8 +52,23 @@ VIDEOS_GROUP = "videos"
 #: a shard's own index (schema 2), and a merged file's index group
 INDEX_NODE = "index"
 
-Status = Literal["ok", "failed", "skipped"]
-OutcomeStatus = Literal["ok", "failed", "skipped", "up_to_date"]
+class Status(StrEnum):
+    """What became of one feature of one video: in the store (ok, failed, skipped), and in a
+    run's outcomes also up_to_date. Equal to its value ("ok" == Status.OK), as stored."""
+
+    OK = "ok"
+    FAILED = "failed"  # with a one-line reason; a rerun extracts it again
+    SKIPPED = "skipped"  # nothing to extract (no audio stream): not a failure
+    UP_TO_DATE = "up_to_date"  # a run's outcome only: the store already held it
+
+
+class Failure(NamedTuple):
+    """A failed or skipped feature, as ``FeatureStore.failures()`` lists them."""
+
+    video_id: str
+    feature: str
+    status: Status
+    reason: str
 
 
 @dataclass
@@ -67,7 +83,7 @@ class FeatureRecord:
     attrs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.status == "ok":
+        if self.status == Status.OK:
             if self.data is None or self.times is None or self.data.ndim != 2:
                 raise ValueError(f"{self.feature}: an ok record needs data [N, D] and times")
             if self.times.shape != (self.data.shape[0], 2):
@@ -92,7 +108,7 @@ class Outcome:
 
     video_id: str
     feature: str
-    status: OutcomeStatus
+    status: Status
     reason: str = ""
     rows: int = 0
     #: model seconds: its rows' share of their batches (a split video: its segments summed;
@@ -108,7 +124,7 @@ class FeatureEntry:
     video_id: str
     feature: str
     shard: str
-    status: str
+    status: Status
     reason: str
     config_hash: str
     rows: int

@@ -25,7 +25,14 @@ from vidfeat.storage.attrs import python_value
 from vidfeat.storage.files import TEMP_SUFFIX
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.layout import check_schema_version, read_contents
-from vidfeat.storage.schema import INDEX_FILE, SHARD_DIR, SHARD_FORMAT, VIDEOS_GROUP, FeatureEntry
+from vidfeat.storage.schema import (
+    INDEX_FILE,
+    SHARD_DIR,
+    SHARD_FORMAT,
+    VIDEOS_GROUP,
+    FeatureEntry,
+    Status,
+)
 from vidfeat.storage.writer import require_store, require_writable
 
 UNREPAIRABLE = "data damage: re-extract the video; --repair cannot fix this"
@@ -157,7 +164,7 @@ def _compare(entry: FeatureEntry, found: _Stored | None) -> list[str]:
         return [f"{where}: {entry.shard} has no such entry (deleted? run --repair)"]
     if found.status != entry.status:
         return [f"{where}: status {entry.status!r} in the index, {found.status!r} in the shard"]
-    if entry.status != "ok" or found.data_shape is None:
+    if entry.status != Status.OK or found.data_shape is None:
         return []  # a missing dataset is reported with the shard
     if found.data_shape != (entry.rows, entry.dim) or found.data_dtype != entry.dtype:
         return [f"{where}: the index says [{entry.rows}, {entry.dim}] {entry.dtype}, "
@@ -203,9 +210,9 @@ def _check_feature(group: h5py.Group | None, status: str, where: str,
     times = group.get("times") if group is not None else None
     found = _Stored(status, data.shape if data is not None else None,
                     data.dtype.name if data is not None else "")
-    if status not in ("ok", "failed", "skipped"):
+    if status not in (Status.OK, Status.FAILED, Status.SKIPPED):
         problems.append(f"{where}: unknown status {status!r}")
-    if status != "ok":
+    if status != Status.OK:
         return found
     if data is None or times is None:
         missing = "data" if data is None else "times"

@@ -55,6 +55,7 @@ from vidfeat.storage.schema import (
     STORE_MARKER,
     VIDEOS_GROUP,
     ShardContents,
+    Status,
     VideoRecord,
 )
 
@@ -222,7 +223,7 @@ def _shard_image(videos: list[VideoRecord], dtype: np.dtype | None, written_at: 
             group = videos_group.create_group(video.video_id)
             for record in video.features:
                 row = next(rows)
-                if record.status == "ok":
+                if record.status == Status.OK:
                     row["dtype"] = _write_feature(group.create_group(record.feature),
                                                   video.video_id, record.data, record.times,
                                                   record.feature, dtype)
