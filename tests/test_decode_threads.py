@@ -38,6 +38,9 @@ from vidfeat.storage.reader import open_store
 from vidfeat.storage.verify import verify
 from vidfeat.storage.writer import create_store
 
+# every test runs the worker engine with real models over real videos
+pytestmark = pytest.mark.slow
+
 VISUAL = "resnet152"
 AUDIO = "vggish"
 #: a worker's torch threads, shared by its decoders (Engine.decoder_threads)

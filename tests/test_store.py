@@ -215,7 +215,8 @@ class StoreDataset:
         return self.store.get(self.video_ids[position], "resnet152")
 
 
-@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+# spawn: each DataLoader worker is a fresh interpreter importing torch, seconds each
+@pytest.mark.parametrize("start_method", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
 def test_dataloader_workers_read_the_same_arrays(filled, start_method):
     dataset = StoreDataset(filled)
     expected = [dataset[i] for i in range(len(dataset))]  # opens files in the parent first

@@ -301,7 +301,8 @@ def test_merged_parts_are_self_contained_and_split_the_videos(store: Path, tmp_p
         assert h5["index/entries"].dtype.names[:2] == ("video_id", "feature")
 
 
-@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+# spawn: each DataLoader worker is a fresh interpreter importing torch, seconds each
+@pytest.mark.parametrize("start_method", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
 def test_dataloader_workers_read_a_merged_file(store: Path, tmp_path: Path, start_method: str):
     StoreIndex(store).add([write_shard(store, None, mixed_pack("v", 12))])
     dataset = StoreDataset(merge(store, tmp_path / "m.h5"))
