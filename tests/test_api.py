@@ -10,6 +10,7 @@ import vidfeat
 from vidfeat.errors import ConfigError, ExitCode
 
 
+@pytest.mark.slow  # a whole extraction
 def test_extract_runs_and_reruns_from_python(corpus: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     report = vidfeat.extract(corpus / "talk.mp4", store, features={"resnet152": {"fps": 2}},
@@ -23,6 +24,7 @@ def test_extract_runs_and_reruns_from_python(corpus: Path, tmp_path: Path) -> No
     assert again.up_to_date == 1 and again.exit_code == 0
 
 
+@pytest.mark.slow  # a whole extraction
 def test_extract_uses_a_connected_client_and_leaves_it_open(corpus: Path,
                                                             tmp_path: Path) -> None:
     from distributed import Client, LocalCluster

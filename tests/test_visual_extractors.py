@@ -345,6 +345,7 @@ def test_c3d_mean_volume_is_subtracted_before_the_crop(c3d_file: Path, c3d_state
     _assert_close(ours, _caffe_c3d(images, [0], c3d_state, volume)["fc6"].numpy(), rtol=1e-3)
 
 
+@pytest.mark.slow  # a full-size model against its reference implementation
 def test_c3d_activitynet_pca_projects_fc7(c3d_file: Path, c3d_state: dict,
                                           videos: dict[str, Path], tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
@@ -363,6 +364,7 @@ def test_c3d_activitynet_pca_projects_fc7(c3d_file: Path, c3d_state: dict,
     _assert_close(ours, (fc7 - centre) @ components[:500].T, rtol=1e-3)
 
 
+@pytest.mark.slow  # a full-size model against its reference implementation
 def test_c3d_pca_with_random_weights_is_a_seeded_orthonormal_projection() -> None:
     clip = torch.randn(1, 3, 16, 112, 112, generator=torch.Generator().manual_seed(0)) * 50
     full, projected = C3DExtractor(layer="fc7"), C3DExtractor(pca=True)
