@@ -17,7 +17,7 @@ from vidfeat.cli import main
 DIMS = {"resnet152": 2048, "c3d": 4096, "vggish": 128}
 
 # Tests marked slow run a whole extraction (the module's store, or their own); the others are
-# usage errors refused before any worker starts, and stay in `make test-fast`.
+# usage errors, refused before anything is extracted, and stay in `make test-fast`.
 
 
 @pytest.fixture(scope="module")
