@@ -20,7 +20,7 @@ import numpy as np
 import vidfeat
 from vidfeat.jobs import ClusterSpec
 from vidfeat.jobs.submit import run_extract
-from vidfeat.pipeline.run import RunOptions
+from vidfeat.options import RunOptions
 
 
 def main() -> None:

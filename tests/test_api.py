@@ -44,7 +44,7 @@ def test_extract_refuses_unknown_options_before_anything_starts(corpus: Path,
                                                                 tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown option batchsize; valid: workers, gpus, "):
         vidfeat.extract(corpus, tmp_path / "store", batchsize=4)
-    with pytest.raises(ConfigError, match="--batch-size must be at least 1"):
+    with pytest.raises(ConfigError, match="--batch-size must be an integer >= 1, got 0"):
         vidfeat.extract(corpus, tmp_path / "store", batch_size=0, random_weights=True)
     assert not (tmp_path / "store").exists()
 
@@ -67,3 +67,31 @@ def test_the_extractor_registry_names_every_builtin_without_importing_torch() ->
         assert issubclass(extractor, Extractor) and extractor.name == name
     with pytest.raises(ConfigError, match="unknown extractor 'resnet'; known: c3d, "):
         get_extractor("resnet")
+
+
+def test_each_run_option_is_one_flag_one_job_key_and_one_check(tmp_path: Path) -> None:
+    """The flags, the job file's keys and the checks are made from vidfeat.options: a value
+    out of range is refused the same way whichever way it comes."""
+    from vidfeat.cli import build_parser
+    from vidfeat.jobs.jobfile import job_from_document
+    from vidfeat.jobs.schema import JOB_SCHEMA
+    from vidfeat.options import RunOptions, options
+
+    extract_help = build_parser()._subparsers._group_actions[0].choices["extract"].format_help()
+    for name, option in options().items():
+        assert option.flag in extract_help or name == "progress", name
+        assert name in JOB_SCHEMA["properties"], name
+    document = {"sources": [str(tmp_path)], "store": str(tmp_path / "s"),
+                "features": ["vggish"], "batch_size": 3, "task_timeout": 5.5,
+                "decoder": "pyav", "extensions": [".dv"], "retry_failed": True}
+    job = job_from_document(document, "job.yaml", tmp_path)
+    options_of_job = job.options()
+    assert isinstance(options_of_job, RunOptions)
+    assert (options_of_job.batch_size, options_of_job.task_timeout, options_of_job.extensions,
+            options_of_job.retry_failed) == (3, 5.5, [".dv"], True)
+    for bad, flag, key in [({"batch_size": 0}, "--batch-size", "batch_size"),
+                           ({"task_timeout": 0}, "--task-timeout", "task_timeout")]:
+        with pytest.raises(ConfigError, match=f"^{flag} must be "):
+            RunOptions(**bad).check()
+        with pytest.raises(ConfigError, match=f"^job.yaml: {key}: expected "):
+            job_from_document({**document, **bad}, "job.yaml", tmp_path)

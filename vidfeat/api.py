@@ -33,7 +33,7 @@ def extract(sources: str | Path | Sequence[str | Path], store: str | Path, *,
     connected, or a ``vidfeat.jobs.ClusterSpec``. ``options``: the run options, named
     as the job file's keys (``random_weights``, ``device``, ``dtype``, ``batch_size``,
     ``precision``, ``decoder``, ``overwrite``, ``limit``, ``task_timeout``, ...; see
-    ``vidfeat.pipeline.prepare.RunOptions``).
+    ``vidfeat.options.RunOptions``).
 
     Bad options raise ``vidfeat.errors.ConfigError`` before anything starts; failed videos do
     not raise: they are in the report and the store, each with its reason.
@@ -49,7 +49,7 @@ def extract(sources: str | Path | Sequence[str | Path], store: str | Path, *,
     """
     from vidfeat.jobs.spec import ClusterSpec
     from vidfeat.jobs.submit import run_extract
-    from vidfeat.pipeline.prepare import RunOptions
+    from vidfeat.options import RunOptions
 
     local = {key: options.pop(key) for key in ("workers", "gpus") if key in options}
     names = list(features)

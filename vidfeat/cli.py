@@ -10,15 +10,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import select
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vidfeat import __version__
 from vidfeat.errors import ConfigError, ExitCode, StoreError, VidfeatError, WeightsError
+from vidfeat.options import add_flags, given_flags
 
 if TYPE_CHECKING:
     from vidfeat.jobs.jobfile import Job
@@ -48,10 +49,9 @@ def _extractor_options(values: list[str]) -> dict[str, dict]:
 
 
 def _check_extract_args(args: argparse.Namespace) -> list[str] | None:
-    """Flags that are wrong whatever the videos: refused before the store is created.
-    The features given (None: not given, the job file's or the default ones)."""
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    """Flags that are wrong whatever the videos: refused before the store is created (the run
+    options' ranges: RunOptions.check). The features given (None: not given, the job file's
+    or the default ones)."""
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     if args.features is None:
@@ -74,19 +74,12 @@ def _extract_flags(args: argparse.Namespace) -> dict:
     """The flags given on the command line (None: not given, so a job file's value stands)."""
     return dict(
         sources=args.sources or None, store=args.store, features=_check_extract_args(args),
-        workers=args.workers, gpus=args.gpus, scheduler=args.scheduler, device=args.device,
+        workers=args.workers, gpus=args.gpus, scheduler=args.scheduler,
         weights_dir=str(Path(args.weights_dir).resolve()) if args.weights_dir else None,
-        random_weights=args.random_weights or None,
         weights_files={name: str(Path(path).resolve())
                        for name, path in _pairs(args.weights, "--weights")} or None,
-        extractor_options=_extractor_options(args.set) or None, dtype=args.dtype,
-        batch_size=args.batch_size, precision=args.precision,
-        compile=args.compile or None, decoder=args.decoder, decode_threads=args.decode_threads,
-        segment_seconds=args.segment_seconds, overwrite=args.overwrite or None,
-        limit=args.limit, progress=False if args.no_progress else None,
-        wait_lock=args.wait_lock, task_timeout=args.task_timeout,
-        retry_failed=args.retry_failed or None,
-        extensions=args.extensions.split(",") if args.extensions else None,
+        extractor_options=_extractor_options(args.set) or None,
+        **given_flags(args),
     )
 
 
@@ -345,51 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "torch sees, unless --device cpu); --workers then counts the CPU "
                               "worker processes beside them (default 0 with GPUs, else 2)")
     extract.add_argument("--scheduler", help="use a running Dask scheduler, tcp://HOST:PORT")
-    extract.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     extract.add_argument("--weights-dir", help="look for weights files here before the cache")
-    extract.add_argument("--random-weights", action="store_true",
-                         help="seeded random init (smoke tests only; recorded in the store)")
     extract.add_argument("--weights", action="append", default=[], metavar="EXTRACTOR=FILE",
                          help="use this weights file for an extractor (repeatable)")
     extract.add_argument("--set", action="append", default=[], metavar="EXTRACTOR.OPTION=VALUE",
                          help="extractor option, e.g. resnet152.fps=2 or c3d.layer=fc7")
-    extract.add_argument("--limit", type=int, metavar="N",
-                         help="extract at most N videos: the first N not yet up to date (a "
-                              "rerun does the next N)")
-    extract.add_argument("--dtype", help="stored dtype: float16 (default) or float32")
-    extract.add_argument("--batch-size", type=int,
-                         help="model inputs per batch (default: each model's own: resnet152 "
-                              "32, c3d and the video models 8, vggish 64)")
-    extract.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
-                         help="model precision (fp32: reference-exact; recorded per feature)")
-    extract.add_argument("--compile", action="store_true",
-                         help="models compiled ahead of time and cached (ResNet-152 about 1.4x "
-                              "faster in fp32 on CPU; the first run on a machine builds them)")
-    extract.add_argument("--decoder", choices=["pyav", "decord", "torchcodec"],
-                         help="video decoder backend (default pyav)")
-    extract.add_argument("--decode-threads", type=int,
-                         help="videos each worker decodes at once (default 1 where the models "
-                              "run on the CPU, a quarter of the worker's cores on a GPU)")
-    extract.add_argument("--segment-seconds", type=float,
-                         help="media seconds per task; longer videos are split into segments "
-                              "of about this length (default: sized by the corpus and workers)")
-    extract.add_argument("--overwrite", action="store_true",
-                         help="extract again even what the store holds up to date")
-    extract.add_argument("--no-progress", action="store_true", help="no progress bar")
-    extract.add_argument("--wait-lock", type=float, nargs="?", const=math.inf,
-                         metavar="SECONDS",
-                         help="wait for another run on the store to finish (SECONDS, or "
-                              "without a value as long as it takes) instead of refusing")
-    extract.add_argument("--task-timeout", type=float, metavar="SECONDS",
-                         help="abandon a task running longer (a hung decode): its videos are "
-                              "recorded as failed, its worker restarted, the run goes on")
-    extract.add_argument("--extensions", metavar=".EXT,...",
-                         help="what a directory scan takes for a video (default: the common "
-                              "video extensions, .dv .mxf .m2ts .vob ... included); files named "
-                              "on the command line or in a list are tried whatever theirs")
-    extract.add_argument("--retry-failed", action="store_true",
-                         help="extract again only what the store lists as failed "
-                              "(vidfeat inspect STORE --failures)")
+    add_flags(extract)  # every run option: vidfeat.options
     extract.set_defaults(run=cmd_extract)
 
     submit = commands.add_parser("submit", help="run a job file on its cluster (local, a "
@@ -550,6 +504,9 @@ def console() -> None:
     of torch (measured: 1-1.5 s after the last atexit handler, for a process whose work is
     done: shards renamed, index committed, report written). Output is flushed first."""
     code = main()
+    # the outcome is decided and reported: a Ctrl-C from now on (a second one, sent just as
+    # the run ended) must not turn the exit code into death by SIGINT
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

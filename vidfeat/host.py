@@ -46,6 +46,10 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+#: the devices vidfeat runs models on
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+
+
 def check_device(requested: str) -> str:
     """``requested`` if it names a device vidfeat runs on (auto, cpu, cuda, cuda:N), else a
     ConfigError; without torch."""
@@ -53,6 +57,6 @@ def check_device(requested: str) -> str:
 
     from vidfeat.errors import ConfigError
 
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", requested):
+    if not re.fullmatch(DEVICE_PATTERN, requested):
         raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {requested!r}")
     return requested

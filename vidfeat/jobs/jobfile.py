@@ -12,13 +12,12 @@ from typing import Any
 from vidfeat.errors import ConfigError
 from vidfeat.jobs.schema import BACKENDS, validate
 from vidfeat.jobs.spec import ClusterSpec
-from vidfeat.pipeline.run import RunOptions
+from vidfeat.options import RunOptions
+from vidfeat.options import options as run_options
 
 #: job file keys that are RunOptions fields of the same name (the ``vidfeat extract`` flags,
 #: ``-`` as ``_``)
-_RUN_KEYS = ("device", "random_weights", "dtype", "batch_size", "precision", "compile",
-             "decoder", "decode_threads", "segment_seconds", "overwrite", "limit", "progress",
-             "wait_lock", "task_timeout", "retry_failed", "extensions")
+_RUN_KEYS = tuple(run_options())
 #: paths inside a backend's section, relative to the job file like every other path
 _BACKEND_PATHS = ("log_directory", "local_directory")
 _GLOB_CHARACTERS = frozenset("*?[")

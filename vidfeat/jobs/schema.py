@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from vidfeat.errors import ConfigError
+from vidfeat.options import job_schema
 
 BACKENDS = ("local", "address", "slurm", "pbs", "kubernetes")
 
@@ -77,27 +78,7 @@ JOB_SCHEMA: dict[str, Any] = _section({
     "weights_dir": _PATH,
     "weights": {"type": "object", "additionalProperties": _PATH,
                 "expected": "a mapping of extractor name to weights file"},
-    "random_weights": {"type": "boolean", "expected": "true or false"},
-    "device": {"type": "string", "pattern": r"^(auto|cpu|cuda(:\d+)?)$",
-               "expected": "auto, cpu, cuda or cuda:N"},
-    "dtype": {"enum": ["float16", "float32"], "expected": "float16 or float32"},
-    "batch_size": _POSITIVE_INT,
-    "precision": {"enum": ["fp32", "bf16", "fp16"], "expected": "fp32, bf16 or fp16"},
-    "compile": {"type": "boolean", "expected": "true or false"},
-    "decoder": {"enum": ["pyav", "decord", "torchcodec"],
-                "expected": "pyav, decord or torchcodec"},
-    "decode_threads": _POSITIVE_INT,
-    "segment_seconds": _SECONDS,
-    "overwrite": {"type": "boolean", "expected": "true or false"},
-    "limit": _POSITIVE_INT,
-    "progress": {"type": "boolean", "expected": "true or false"},
-    # the ranges of the flags of the same name (RunOptions.check)
-    "wait_lock": {"type": "number", "minimum": 0,
-                  "expected": "a number of seconds >= 0 (.inf: as long as it takes)"},
-    "task_timeout": _SECONDS,
-    "retry_failed": {"type": "boolean", "expected": "true or false"},
-    "extensions": {"type": "array", "items": {"type": "string", "pattern": r"^\.?[\w.-]+$"},
-                   "minItems": 1, "expected": "a list of file extensions, e.g. [.mp4, .mkv]"},
+    **job_schema(),  # every run option: vidfeat.options
     "cluster": _section({
         "local": _section({"workers": _COUNT, "threads_per_worker": _POSITIVE_INT,
                            "gpus": {"type": ["integer", "string"], "minimum": 0,

@@ -13,7 +13,8 @@ from vidfeat.errors import ConfigError, StoreError, WeightsError
 from vidfeat.jobs.cluster import open_client
 from vidfeat.jobs.jobfile import Job
 from vidfeat.jobs.spec import ClusterSpec
-from vidfeat.pipeline.run import RunOptions, RunReport, prepare_run, run_extraction
+from vidfeat.options import RunOptions
+from vidfeat.pipeline.run import RunReport, prepare_run, run_extraction
 
 log = logging.getLogger(__name__)
 #: videos listed one by one in a dry run's plan before "... and N more"

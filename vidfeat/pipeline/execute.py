@@ -17,6 +17,7 @@ from collections.abc import Collection, Iterator
 from typing import Any
 
 from vidfeat.errors import StoreFullError
+from vidfeat.options import RunOptions
 from vidfeat.pipeline.corpus import VideoSource, video_attrs
 from vidfeat.pipeline.plan import (
     MIN_BYTES_PER_SECOND,
@@ -27,7 +28,7 @@ from vidfeat.pipeline.plan import (
     segments,
     task_seconds,
 )
-from vidfeat.pipeline.prepare import PreparedRun, RunOptions, RunReport, unit_key
+from vidfeat.pipeline.prepare import PreparedRun, RunReport, unit_key
 from vidfeat.pipeline.records import TaskReport, reason_of
 from vidfeat.pipeline.worker import extractor_plugin
 from vidfeat.storage.index import StoreIndex
@@ -120,6 +121,7 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
                                               slots_by_host), plugin_name)
     full: StoreFullError | None = None
     indexed: set[str] = set()
+    reads = _RemoteReads(client, run)
     try:
         rejected = [(VideoSource(r.video_id, r.path), list(run.specs), r.reason)
                     for r in run.rejected]
@@ -154,11 +156,41 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
         with contextlib.suppress(Exception):
             client.unregister_worker_plugin(plugin_name)
     report.seconds = time.perf_counter() - started
+    report.remote = reads.since()
     report.interrupted = stop.is_set() and full is None
     if full is not None:
         _remove_unindexed(index, indexed)
         raise full
     return report
+
+
+class _RemoteReads:
+    """What the workers read by URL or from tars during the run (their remote.counters(),
+    before and after): the run report's requests, bytes and retries."""
+
+    def __init__(self, client: Any, run: PreparedRun) -> None:
+        self.client = client
+        self.wanted = any(video.remote is not None for video, _ in run.todo)
+        self.before = self._counts() if self.wanted else {}
+
+    def _counts(self) -> dict[str, dict[str, int]]:
+        from vidfeat.media.remote import counters
+
+        try:
+            return self.client.run(counters)
+        except Exception as error:  # a worker gone: the figures are only a report's
+            log.debug("cannot read the workers' remote counters: %s", error)
+            return {}
+
+    def since(self) -> dict[str, int]:
+        if not self.wanted:
+            return {}
+        totals = {"requests": 0, "bytes": 0, "retries": 0}
+        for worker, counts in self._counts().items():
+            earlier = self.before.get(worker, {})
+            for key in totals:  # a worker restarted during the run counts from 0 again
+                totals[key] += counts[key] - min(earlier.get(key, 0), counts[key])
+        return totals
 
 
 def register_plugin(client: Any, plugin: object, name: str, tries: int = 3) -> None:

@@ -16,10 +16,10 @@ from vidfeat.errors import ConfigError, ExitCode
 from vidfeat.extractors.precision import check_precision
 from vidfeat.extractors.registry import check_extractor_name
 from vidfeat.extractors.spec import ExtractorSpec
-from vidfeat.host import check_device, visible_gpus
-from vidfeat.media import check_decoder
+from vidfeat.host import visible_gpus
+from vidfeat.options import RunOptions
 from vidfeat.pipeline.confighash import ConfigHashes, Describe, Description, describe_specs
-from vidfeat.pipeline.corpus import Rejected, VideoSource, extension_set, fingerprint, scan
+from vidfeat.pipeline.corpus import Rejected, VideoSource, fingerprint, scan
 from vidfeat.pipeline.sources import remote_fingerprint
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.lock import StoreLock
@@ -29,65 +29,6 @@ from vidfeat.storage.writer import create_store
 RESUME_HINT = "rerun the same command to resume"
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunOptions:
-    features: list[str] = field(default_factory=lambda: ["resnet152", "c3d", "vggish"])
-    device: str = "auto"
-    weights_dir: str | None = None
-    random_weights: bool = False
-    weights_files: dict[str, str] = field(default_factory=dict)
-    extractor_options: dict[str, dict] = field(default_factory=dict)
-    dtype: str = "float16"
-    batch_size: int | None = None  # None: each model's own (Extractor.batch_size)
-    precision: str = "fp32"
-    #: models as cached AOTInductor packages (a feature may override: c3d.compile=false)
-    compile: bool = False
-    decoder: str = "pyav"
-    #: units a worker decodes at once; None: 1 where the models run on the CPU (they are the
-    #: bottleneck), a quarter of the worker's cores where they run on a GPU (decode is)
-    decode_threads: int | None = None
-    #: media seconds per task (and per segment of a long video); None: sized by the corpus
-    segment_seconds: float | None = None
-    #: Dask worker resources a model task needs, e.g. {"GPU": 1}: model tasks then run only
-    #: on workers declaring them, while probing and stitching run anywhere
-    model_resources: dict[str, float] = field(default_factory=dict)
-    overwrite: bool = False
-    limit: int | None = None
-    progress: bool = True
-    #: seconds to wait for another run's store lock (0: refuse at once; None: as long as it
-    #: takes)
-    wait_lock: float | None = 0.0
-    #: seconds a task may run on its worker before it is abandoned (None: no limit)
-    task_timeout: float | None = None
-    #: extract again only the features the store lists as failed
-    retry_failed: bool = False
-    #: what a directory scan takes for a video (None: corpus.VIDEO_EXTENSIONS)
-    extensions: list[str] | None = None
-
-    def check(self) -> None:
-        if not self.features:
-            raise ConfigError("--features names no extractor")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.dtype not in ("float16", "float32"):
-            raise ConfigError(f"--dtype must be float16 or float32, got {self.dtype!r}")
-        check_decoder(self.decoder)
-        check_device(self.device)
-        if self.decode_threads is not None and self.decode_threads < 1:
-            raise ConfigError(f"--decode-threads must be at least 1, got {self.decode_threads}")
-        if self.segment_seconds is not None and self.segment_seconds <= 0:
-            raise ConfigError(f"segment seconds must be positive, got {self.segment_seconds}")
-        check_precision(self.precision)
-        # "not >" rather than "<=": NaN is no timeout either
-        if self.task_timeout is not None and not self.task_timeout > 0:
-            raise ConfigError(f"--task-timeout must be positive, got {self.task_timeout:g}")
-        if self.wait_lock is not None and not self.wait_lock >= 0:
-            raise ConfigError(f"--wait-lock must be at least 0, got {self.wait_lock:g}")
-        extension_set(self.extensions)
 
 
 @dataclass
@@ -104,6 +45,8 @@ class RunReport:
     beyond_limit: int = 0
     #: up-to-date videos whose float16 rows a --dtype float32 run leaves as they are
     kept_float16: int = 0
+    #: the workers' reads of videos by URL or in tars: requests, bytes, retries (remote.py)
+    remote: dict[str, int] = field(default_factory=dict)
 
     def add(self, outcomes: list[Outcome], frames: int = 0) -> None:
         self.outcomes += outcomes
@@ -145,6 +88,10 @@ class RunReport:
         lines += [f"  skipped {feature} for {len(videos)} videos: {reason} "
                   f"(e.g. {', '.join(videos[:3])})" for (feature, reason), videos in skips.items()]
         lines += [f"  FAILED {o.video_id} {o.feature}: {o.reason}" for o in self.failed]
+        if self.remote.get("requests") or self.remote.get("retries"):
+            lines.append(f"  read {self.remote['bytes'] / 1e6:.1f} MB in "
+                         f"{self.remote['requests']} requests, "
+                         f"{self.remote['retries']} retried")
         if self.random_weights:
             lines.append("WARNING: RANDOM WEIGHTS were used: these are not real features")
         if self.kept_float16:

@@ -20,12 +20,12 @@ from typing import Any
 
 from vidfeat.errors import ExitCode
 from vidfeat.extractors.spec import ExtractorSpec
+from vidfeat.options import RunOptions
 from vidfeat.pipeline.confighash import Description, describe_specs
 from vidfeat.pipeline.execute import execute, register_plugin
 from vidfeat.pipeline.prepare import (
     RESUME_HINT,
     PreparedRun,
-    RunOptions,
     RunReport,
     prepare_run,
 )
@@ -66,7 +66,7 @@ def _run_prepared(run: PreparedRun, cluster: _Cluster, stack: contextlib.ExitSta
         write_report(run.store, build_report(
             run.report.outcomes, started=started, ended=time.time(), command=sys.argv,
             configuration=configuration, exit_code=exit_code, interrupted=interrupted,
-            videos_total=run.report.videos))
+            videos_total=run.report.videos, remote=run.report.remote))
 
     stop = threading.Event()
     try:
@@ -186,4 +186,4 @@ def _ignore_interrupts_plugin() -> object:
     return IgnoreInterrupts()
 
 
-__all__ = ["PreparedRun", "RunOptions", "RunReport", "prepare_run", "run_extraction"]
+__all__ = ["PreparedRun", "RunReport", "prepare_run", "run_extraction"]

@@ -55,6 +55,8 @@ class RunRecord:
     throughput: dict[str, dict[str, float]]
     failures: list[dict[str, str]] = field(default_factory=list)
     skips: list[dict[str, str]] = field(default_factory=list)
+    #: reads of videos by URL or in tars: {"requests", "bytes", "retries"} ({}: none)
+    remote: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
         """One line for ``inspect --runs``."""
@@ -73,7 +75,7 @@ class RunRecord:
 def build_report(outcomes: Iterable[Outcome], *, started: float, ended: float,
                  command: list[str], configuration: dict[str, Any],
                  exit_code: int | None = None, interrupted: bool = False,
-                 videos_total: int = 0) -> RunRecord:
+                 videos_total: int = 0, remote: dict[str, int] | None = None) -> RunRecord:
     """The report of a run from its outcomes; ``started``/``ended`` are ``time.time()``;
     ``videos_total``: the run's videos, with those that have no outcome yet."""
     outcomes = list(outcomes)
@@ -123,6 +125,7 @@ def build_report(outcomes: Iterable[Outcome], *, started: float, ended: float,
         videos=videos, features=features, throughput=throughput,
         failures=sorted(failures, key=lambda f: (f["video_id"], f["feature"])),
         skips=sorted(skips, key=lambda f: (f["video_id"], f["feature"])),
+        remote=dict(remote or {}),
     )
 
 
