@@ -11,7 +11,11 @@ Prints, measured in one run on this machine (random weights, fp32, default optio
 2. ``--videos`` one-second videos against one of them, VGGish: the extra wall time per video
    beyond the one-video run, next to the model time per video the run report records (the
    goal: <= 30 ms per video beyond its model time);
-3. the no-op rerun of those videos (every one up to date; the goal: <= 2 s).
+3. the no-op rerun of those videos (every one up to date; the goal: <= 2 s);
+4. ResNet-152 alone on 3 x 40 s 640x360 videos: `vidfeat extract` (2 workers) against the naive
+   JPEG path of benchmarks/throughput.py (ffmpeg writes every frame as JPEG, ResNet-152 at
+   batch 1 on the frames picked at 1 fps; the goal: vidfeat >= 1.5x faster). ``--no-side-by-side``
+   leaves it out.
 
 Figures and the machine they were measured on are in docs/benchmarks.md.
 """
@@ -82,10 +86,23 @@ def model_seconds(store: Path) -> float:
     return sum(entry["seconds"] for entry in report["throughput"].values())
 
 
+def side_by_side(work: Path, workers: int) -> None:
+    from throughput import seed_path
+
+    corpus = work / "forty"
+    corpus.mkdir()
+    paths = [make_video(corpus / f"f{k}.mp4", 40.0, "640x360") for k in range(3)]
+    jpeg = seed_path(paths, work / "jpeg", ["resnet152"])
+    ours = extract([str(corpus)], work / "forty-store", "resnet152", workers)
+    print(f"resnet152 on 3 x 40 s 640x360: naive JPEG path {jpeg:.1f} s, vidfeat extract "
+          f"{ours:.1f} s: {jpeg / ours:.2f}x faster")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=300)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-side-by-side", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="latency-"))
     try:
@@ -112,6 +129,8 @@ def main() -> None:
               f"{1000 * (extra - many_model / args.videos):.0f} ms per video")
         rerun = extract([str(corpus)], work / "many-store", "vggish", args.workers)
         print(f"no-op rerun of {args.videos} videos: {rerun:.2f} s")
+        if not args.no_side_by_side:
+            side_by_side(work, args.workers)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
