@@ -98,14 +98,23 @@ def _joined(values: object) -> str:
 
 def failures_listing(path: str | Path) -> str:
     """Every video and feature whose latest extraction failed, with the reason and the file:
-    one tab-separated line each (``video_id feature reason source_path``), from the index;
-    empty when none failed."""
+    one tab-separated line each (``video_id feature reason source_path``), from the index,
+    then those the newest run refused before extracting (a video id the store holds for
+    another file) from its report: storing such a failure under the id would hide the other
+    file's rows. Empty when none failed."""
     with open_store(path) as store:
-        lines = []
+        lines, listed = [], set()
         for entry in sorted(store.entries(), key=lambda e: (e.video_id, e.feature)):
             if entry.status == Status.FAILED:
                 source = store.attrs(entry.video_id).get("source_path", "")
                 lines.append(f"{entry.video_id}\t{entry.feature}\t{entry.reason}\t{source}")
+                listed.add((entry.video_id, entry.feature))
+        merged = store.merged
+    reports = [] if merged else read_reports(path)
+    for failure in reports[-1].failures if reports else []:
+        if (failure["video_id"], failure["feature"]) not in listed:
+            lines.append("\t".join(failure[key] for key in ("video_id", "feature", "reason",
+                                                              "source_path")))
     return "\n".join(lines)
 
 
