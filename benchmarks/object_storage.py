@@ -72,6 +72,7 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     import vidfeat
+    from vidfeat.media.remote import drop_cache
 
     features = {name: ({"fps": args.fps} if name == "resnet152" else None)
                 for name in args.features.split(",")}
@@ -93,6 +94,7 @@ def main() -> None:
         local_times, s3_times, carried = [], [], []
         for _ in range(args.repeats):
             local_times.append(run([str(workdir / "videos")], workdir / "local"))
+            client.run(drop_cache)  # the workers' block caches hold the last run's videos
             proxy.reset()
             s3_times.append(run(["s3://bench/corpus/"], workdir / "s3"))
             carried.append(proxy.bytes_down)

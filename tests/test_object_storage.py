@@ -4,6 +4,7 @@ request and can drop a connection, and a static HTTP server for https-style URLs
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -166,6 +167,10 @@ def test_a_dropped_connection_fails_the_video_and_stores_no_rows(s3: dict,
     assert set(reasons) == {"resnet152", "vggish"}
     assert reasons["resnet152"].startswith("s3://vids/drop/other.mp4 (bytes 0-")
     assert reasons["resnet152"].endswith("(after 3 tries)") and "\n" not in reasons["resnet152"]
+    assert report.remote["retries"] >= 2  # counted, in the summary and the run report
+    assert f"{report.remote['retries']} retried" in report.summary()
+    (recorded,) = [json.loads(path.read_text()) for path in (store / "runs").glob("*.json")]
+    assert recorded["remote"] == report.remote
     opened = vidfeat.open_store(store)
     assert {f for v, f, *_ in opened.failures() if v == "other"} == {"resnet152", "vggish"}
     # the network back: the same command extracts it
@@ -196,7 +201,25 @@ def test_https_style_sources_from_a_static_server(s3: dict, tmp_path: Path) -> N
         assert report.exit_code == 0, report.summary()
         assert vidfeat.open_store(store).attrs("one")["source_path"] == f"{base}/one.mp4"
         assert _extract(s3, [f"{base}/one.mp4"], store).up_to_date == 1
+        listed = scan([f"{base}/"]).videos  # a prefix: the index page's links, then a HEAD each
+        assert sorted(v.video_id for v in listed) == ["long", "one", "other", "two"]
+        assert all(v.remote.size > 0 and v.remote.modified for v in listed)
         with pytest.raises(ConfigError, match="credentials in a source URL"):
             scan([f"http://user:pw@127.0.0.1:{server.server_port}/one.mp4"])
     finally:
         server.shutdown()
+
+
+def test_urls_are_shown_without_credentials_and_braces_expand_as_bash_does() -> None:
+    from vidfeat.media.remote import redact
+    from vidfeat.pipeline.sources import expand_braces
+
+    assert redact("https://user:pw@cdn.example.org:8443/v.mp4?X-Amz-Signature=abc&part=2") \
+        == "https://cdn.example.org:8443/v.mp4?X-Amz-Signature=REDACTED&part=2"
+    assert redact("s3://KEY:SECRET@bucket/v.mp4") == "s3://bucket/v.mp4"
+    with pytest.raises(ConfigError) as refused:
+        scan(["s3://KEY:SECRET@bucket/v.mp4"])
+    assert "SECRET" not in str(refused.value) and "KEY" not in str(refused.value)
+    assert expand_braces("s/{00008..00011}.tar") == [
+        "s/00008.tar", "s/00009.tar", "s/00010.tar", "s/00011.tar"]
+    assert expand_braces("{a,b}/{1..2}.tar") == ["a/1.tar", "a/2.tar", "b/1.tar", "b/2.tar"]

@@ -277,6 +277,16 @@ class _BlockCache:
 _cache = _BlockCache()
 
 
+def drop_cache() -> None:
+    """Forget every cached block and object version of this process (a benchmark's cold
+    start; a worker never needs it: blocks are keyed by the object's version)."""
+    with _cache.lock:
+        _cache.blocks.clear()
+        _cache.held = 0
+    with _count_lock:
+        _infos.clear()
+
+
 class _Source:
     """Where a video's bytes are: a URL (or a window of one, for a tar member), or a window
     of a local tar."""
@@ -301,8 +311,9 @@ class _Source:
             fs, fspath = filesystem(self.location)
 
             def read() -> bytes:
+                _count(requests=1)  # every try, the failed ones too
                 data = fs.cat_file(fspath, start=self.base + start, end=self.base + end)
-                _count(requests=1, bytes=len(data))
+                _count(bytes=len(data))
                 if len(data) != end - start:
                     # a connection cut mid-body, or an object replaced by a shorter one
                     raise OSError(f"short read: {len(data)} of {end - start} bytes")

@@ -81,6 +81,10 @@ def expand_url(url: str, extensions: frozenset[str], missing_ok: bool = False
             objects = sorted((name, info) for name, info in listing.items()
                              if info.get("type", "file") != "directory"
                              and PurePosixPath(name).suffix.lower() in extensions)
+            # an HTTP index page gives names only: each object's HEAD gives the rest
+            objects = [(name, info if info.get("size") is not None
+                        else retried(redact(name), lambda name=name: fs.info(name)))
+                       for name, info in objects]
         else:
             objects = [(path, retried(redact(url), lambda: fs.info(path)))]
     except RemoteReadError as error:
