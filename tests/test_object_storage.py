@@ -223,3 +223,19 @@ def test_urls_are_shown_without_credentials_and_braces_expand_as_bash_does() -> 
     assert expand_braces("s/{00008..00011}.tar") == [
         "s/00008.tar", "s/00009.tar", "s/00010.tar", "s/00011.tar"]
     assert expand_braces("{a,b}/{1..2}.tar") == ["a/1.tar", "a/2.tar", "b/1.tar", "b/2.tar"]
+
+
+def test_a_job_files_credentials_stay_out_of_the_run_report() -> None:
+    from vidfeat.jobs.jobfile import job_from_document
+    from vidfeat.jobs.submit import recorded_cluster
+
+    job = job_from_document({
+        "sources": ["/data/corpus"], "store": "/data/store", "features": ["vggish"],
+        "cluster": {"kubernetes": {"image": "vidfeat:1", "env": {
+            "AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_ACCESS_KEY_ID": "AKIDVALUE",
+            "AWS_ENDPOINT_URL": "http://minio:9000"}}}},
+        "job.yaml", Path("/"))
+    recorded = repr(recorded_cluster(job.cluster))
+    assert "s3cr3t-value" not in recorded and "AKIDVALUE" not in recorded
+    assert "http://minio:9000" in recorded  # what is no credential stays, for debugging
+    assert job.cluster.settings["env"]["AWS_SECRET_ACCESS_KEY"] == "s3cr3t-value"  # workers

@@ -38,7 +38,19 @@ def run_job(job: Job) -> RunReport:
     job.cluster.check_gpus(options.device)
     return run_extract(job.expanded_sources(), job.store, options, job.cluster,
                        configuration={"job": str(job.origin), "options": vars(options),
-                                      "cluster": repr(job.cluster)})
+                                      "cluster": repr(recorded_cluster(job.cluster))})
+
+
+def recorded_cluster(cluster: ClusterSpec) -> ClusterSpec:
+    """The cluster as a run report records it: the values of a job file's ``env`` that look
+    like credentials are replaced (the workers get them, the store never does)."""
+    from dataclasses import replace
+
+    from vidfeat.media.remote import redact_env
+
+    env = cluster.settings.get("env")
+    return replace(cluster, settings={**cluster.settings, "env": redact_env(env)}) if env \
+        else cluster
 
 
 def submit_to_kubernetes(job: Job) -> list[str]:

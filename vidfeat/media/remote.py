@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +87,13 @@ def redact(url: str) -> str:
     query = urlencode([(k, "REDACTED" if _SECRET_QUERY.search(k) else v)
                        for k, v in parse_qsl(parts.query, keep_blank_values=True)])
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def redact_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with the values of credential-like names (``*KEY*``, ``*SECRET*``,
+    ``*TOKEN*``, ...) replaced: a job file's environment as a report may record it."""
+    return {name: "REDACTED" if _SECRET_QUERY.search(name) else value
+            for name, value in env.items()}
 
 
 def member_path(tar: str, member: str, offset: int, size: int) -> str:
