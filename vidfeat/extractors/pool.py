@@ -28,15 +28,28 @@ class ExtractorPool:
         self._loaded: dict[str, Extractor] = {}
         self._gpu_decode_failed = False
         self._lock = threading.Lock()
+        self._loading = threading.RLock()
 
     def get(self, name: str) -> Extractor:
-        if name not in self._loaded:
-            device = resolve_device(self.requested_device)
-            if device.type == "cuda":
-                torch.backends.cudnn.benchmark = True  # fixed batch shapes: tuned once
-            self._loaded[name] = self.specs[name].load(device)
-            release_freed_memory()
-        return self._loaded[name]
+        """The loaded extractor; a task asking while the worker still loads it (``load_all``
+        started at the run's start) waits for that load rather than doing it again."""
+        with self._loading:
+            if name not in self._loaded:
+                device = resolve_device(self.requested_device)
+                if device.type == "cuda":
+                    torch.backends.cudnn.benchmark = True  # fixed batch shapes: tuned once
+                self._loaded[name] = self.specs[name].load(device)
+                release_freed_memory()
+            return self._loaded[name]
+
+    def load_all(self) -> None:
+        """Load every extractor of the run now (a failure is left for ``get`` to raise, in
+        the task that needs it, with the video's outcome)."""
+        for name in self.specs:
+            try:
+                self.get(name)
+            except Exception as error:
+                log.debug("%s: not loaded ahead: %s", name, error)
 
     def decode_device(self, decoder: str) -> str:
         """Where frames are decoded: on the models' GPU when ``decoder`` can decode there

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -17,6 +16,7 @@ from collections.abc import Collection, Iterator
 from typing import Any
 
 from vidfeat.errors import StoreFullError
+from vidfeat.extractors.spec import ExtractorSpec
 from vidfeat.options import RunOptions
 from vidfeat.pipeline.corpus import VideoSource, video_attrs
 from vidfeat.pipeline.plan import (
@@ -30,7 +30,7 @@ from vidfeat.pipeline.plan import (
 )
 from vidfeat.pipeline.prepare import PreparedRun, RunReport, unit_key
 from vidfeat.pipeline.records import TaskReport, reason_of
-from vidfeat.pipeline.worker import extractor_plugin
+from vidfeat.pipeline.worker import extractor_plugin, plugin_name
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.schema import FeatureRecord, Outcome, ShardContents, Status, VideoRecord
 from vidfeat.storage.writer import write_shard
@@ -67,12 +67,12 @@ def _frame_times(path: str) -> Any:
     return frame_times(path)
 
 
-def _run_units(units: list[WorkUnit], store: str, plugin_name: str, options: RunOptions
+def _run_units(units: list[WorkUnit], store: str, plugin: str, options: RunOptions
                ) -> TaskReport | StoreFullError:
     from vidfeat.pipeline.engine import Engine
     from vidfeat.pipeline.worker import worker_state
 
-    state = worker_state(plugin_name)
+    state = worker_state(plugin)
     decode_threads = options.decode_threads or (
         max(1, state.torch_threads // 4) if state.pool.on_gpu() else 1)
     engine = Engine(state.pool, batch_size=options.batch_size, dtype=options.dtype,
@@ -96,29 +96,41 @@ def _stitch(reports: list[TaskReport], modality: dict[str, str], store: str, dty
 
 
 # ---- the driver ----------------------------------------------------------------------------
+def register_extractors(client: Any, specs: dict[str, ExtractorSpec], device: str, *,
+                        load_now: bool = False) -> str:
+    """Give every worker (and each that joins later) the run's extractor pool, its models
+    loaded on first use or, ``load_now``, at once in the background; returns the plugin's
+    name."""
+    register_plugin(client, extractor_plugin(specs, device, _slots_by_host(client),
+                                             load_now), plugin_name(specs))
+    return plugin_name(specs)
+
+
+def _slots_by_host(client: Any) -> dict[str, int]:
+    slots: dict[str, int] = {}
+    for worker in client.scheduler_info().get("workers", {}).values():
+        slots[worker["host"]] = slots.get(worker["host"], 0) + worker["nthreads"]
+    return slots
+
+
 def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = None,
-            task_timeout: float | None = None) -> RunReport:
+            task_timeout: float | None = None, registered: bool = False) -> RunReport:
     """Extract ``run.todo`` on ``client``'s workers; every outcome lands in the report.
 
     ``stop`` set (Ctrl-C): nothing more is submitted, the tasks in flight finish and are
     indexed. ``task_timeout``: a task running longer is abandoned (its worker restarted) and
     its videos recorded as failed. A full disk (StoreFullError) stops the run the same way,
-    then leaves the index matching the shards on disk, and is raised."""
+    then leaves the index matching the shards on disk, and is raised. ``registered``: the
+    extractors were given to the workers already (``register_extractors``)."""
     from tqdm import tqdm
 
     report = run.report
     stop = stop or threading.Event()
     started = time.perf_counter()
     index = StoreIndex(run.store)
-    plugin_name = "vidfeat-" + hashlib.sha256(
-        repr(sorted(run.specs.items())).encode()).hexdigest()[:12]
-    workers = client.scheduler_info().get("workers", {})
-    slots_by_host: dict[str, int] = {}
-    for worker in workers.values():
-        slots_by_host[worker["host"]] = slots_by_host.get(worker["host"], 0) + worker["nthreads"]
-    slots = max(1, sum(slots_by_host.values()))
-    register_plugin(client, extractor_plugin(plugin_name, run.specs, run.options.device,
-                                              slots_by_host), plugin_name)
+    slots = max(1, sum(_slots_by_host(client).values()))
+    plugin = (plugin_name(run.specs) if registered
+              else register_extractors(client, run.specs, run.options.device))
     full: StoreFullError | None = None
     indexed: set[str] = set()
     reads = _RemoteReads(client, run)
@@ -134,7 +146,7 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
                   smoothing=0) as bar:
             progress = _VideoProgress(bar, run.todo)
             tasks = _plan(run, client, slots, index, report, progress, stop, task_timeout)
-            for result in _run_tasks(client, run, tasks, plugin_name, stop, task_timeout):
+            for result in _run_tasks(client, run, tasks, plugin, stop, task_timeout):
                 if isinstance(result, StoreFullError):
                     full, _ = full or result, stop.set()
                     continue
@@ -154,7 +166,7 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
     finally:
         # a shared scheduler's workers must not keep this run's models in memory
         with contextlib.suppress(Exception):
-            client.unregister_worker_plugin(plugin_name)
+            client.unregister_worker_plugin(plugin)
     report.seconds = time.perf_counter() - started
     report.remote = reads.since()
     report.interrupted = stop.is_set() and full is None
@@ -392,7 +404,7 @@ def _failures(failed: list[tuple[VideoSource, list[str], str]], run: PreparedRun
 
 
 def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]],
-               plugin_name: str, stop: threading.Event, task_timeout: float | None = None
+               plugin: str, stop: threading.Event, task_timeout: float | None = None
                ) -> Iterator[TaskReport | StoreFullError]:
     """Run ``tasks`` with one per worker thread in flight (a new one is submitted as each
     finishes); a long video's segments are stitched once all are done. A task that dies
@@ -413,7 +425,7 @@ def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]]
 
     def submit(units: list[WorkUnit]) -> None:
         key = f"vidfeat-{units[0].video.video_id}-{time.time_ns()}"
-        future = client.submit(_run_units, units, store, plugin_name, run.options,
+        future = client.submit(_run_units, units, store, plugin, run.options,
                                pure=False, key=key,
                                resources=run.options.model_resources or None)
         in_flight[future] = units

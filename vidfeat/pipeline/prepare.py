@@ -133,7 +133,8 @@ class PreparedRun:
             self.lock = None
 
 
-def _specs(options: RunOptions) -> dict[str, ExtractorSpec]:
+def extractor_specs(options: RunOptions) -> dict[str, ExtractorSpec]:
+    """What each worker builds for the run's features (ConfigError for unknown names)."""
     unknown = set(options.weights_files) - set(options.features)
     unknown |= set(options.extractor_options) - set(options.features)
     if unknown:
@@ -202,7 +203,7 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
     options.check()
     corpus = scan(sources, extensions=options.extensions)
     videos = corpus.videos
-    specs = _specs(options)
+    specs = extractor_specs(options)
     if options.device.startswith("cuda") and not visible_gpus():
         # never a silent fall back to the CPU
         raise ConfigError(f"--device {options.device}: no CUDA device visible on this machine")

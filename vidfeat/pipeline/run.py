@@ -22,11 +22,12 @@ from vidfeat.errors import ExitCode
 from vidfeat.extractors.spec import ExtractorSpec
 from vidfeat.options import RunOptions
 from vidfeat.pipeline.confighash import Description, describe_specs
-from vidfeat.pipeline.execute import execute, register_plugin
+from vidfeat.pipeline.execute import execute, register_extractors, register_plugin
 from vidfeat.pipeline.prepare import (
     RESUME_HINT,
     PreparedRun,
     RunReport,
+    extractor_specs,
     prepare_run,
 )
 from vidfeat.storage.index import StoreIndex
@@ -52,7 +53,7 @@ def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
     at all when every video is up to date."""
     started = time.time()
     with contextlib.ExitStack() as stack:
-        cluster = _Cluster(open_cluster, stack, allowed_failures)
+        cluster = _Cluster(open_cluster, stack, allowed_failures, options)
         run = prepare_run(sources, store, options, lock=True, describe=cluster.describe)
         try:
             return _run_prepared(run, cluster, stack, started, configuration or {})
@@ -76,7 +77,8 @@ def _run_prepared(run: PreparedRun, cluster: _Cluster, stack: contextlib.ExitSta
         record(None)
         with _first_interrupt_stops(stop):
             report = execute(run, cluster.client(), stop=stop,
-                             task_timeout=run.options.task_timeout)
+                             task_timeout=run.options.task_timeout,
+                             registered=cluster.registered)
             stack.close()  # the cluster: its workers are gone
         # a task that finished as the cluster closed is indexed, and the journal of this
         # run's shards is emptied
@@ -103,11 +105,15 @@ class _Cluster:
     sent to the whole process group, reaches only the driver, which decides."""
 
     def __init__(self, open_cluster: Callable[[], contextlib.AbstractContextManager[Any]],
-                 stack: contextlib.ExitStack, allowed_failures: int) -> None:
+                 stack: contextlib.ExitStack, allowed_failures: int,
+                 options: RunOptions) -> None:
         self._open = open_cluster
         self._stack = stack
         self._allowed_failures = allowed_failures
+        self._options = options
         self._client: Any = None
+        #: the run's extractors were given to the workers, which load them already
+        self.registered = False
 
     def client(self) -> Any:
         if self._client is None:
@@ -122,10 +128,16 @@ class _Cluster:
         return self._client
 
     def describe(self, specs: dict[str, ExtractorSpec]) -> dict[str, Description]:
-        """``describe_specs`` on a worker (which imports torch for its tasks anyway)."""
+        """``describe_specs`` on a worker (which imports torch for its tasks anyway); the
+        workers meanwhile start loading the run's models, while the driver still prepares
+        (a first run has work to do)."""
         client = self.client()
-        return client.submit(describe_specs, specs, pure=False,
-                             key=f"vidfeat-describe-{time.time_ns()}").result()
+        described = client.submit(describe_specs, specs, pure=False,
+                                  key=f"vidfeat-describe-{time.time_ns()}")
+        register_extractors(client, extractor_specs(self._options), self._options.device,
+                            load_now=True)
+        self.registered = True
+        return described.result()
 
 
 @contextlib.contextmanager

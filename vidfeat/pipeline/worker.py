@@ -5,8 +5,10 @@ Each worker's malloc is tuned first (``vidfeat.malloc``: why).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import threading
 
 from vidfeat.extractors.spec import ExtractorSpec
 from vidfeat.host import available_cores
@@ -37,11 +39,17 @@ class WorkerState:
         self.pool = ExtractorPool(specs, device)
 
 
-def extractor_plugin(name: str, specs: dict[str, ExtractorSpec], device: str,
-                     slots_by_host: dict[str, int]) -> object:
-    """A worker plugin giving each worker process one ``WorkerState`` for this run; models load
-    on a worker's first task and stay loaded. ``slots_by_host``: task slots (worker threads)
-    per host when the run started, to size torch's threads."""
+def plugin_name(specs: dict[str, ExtractorSpec]) -> str:
+    """The name of the run's extractor plugin: the same for the same extractors."""
+    return "vidfeat-" + hashlib.sha256(repr(sorted(specs.items())).encode()).hexdigest()[:12]
+
+
+def extractor_plugin(specs: dict[str, ExtractorSpec], device: str,
+                     slots_by_host: dict[str, int], load_now: bool = False) -> object:
+    """A worker plugin giving each worker process one ``WorkerState`` for this run; models
+    load on a worker's first task (``load_now``: at once, in the background, while the driver
+    still prepares) and stay loaded. ``slots_by_host``: task slots (worker threads) per host
+    when the run started, to size torch's threads."""
     from distributed import WorkerPlugin
 
     class ExtractorPlugin(WorkerPlugin):
@@ -50,9 +58,12 @@ def extractor_plugin(name: str, specs: dict[str, ExtractorSpec], device: str,
             slots = slots_by_host.get(host) or slots_by_host.get(socket.gethostname())
             slots = slots or worker.state.nthreads  # type: ignore[attr-defined]
             self.state = WorkerState(specs, device, torch_threads_for(slots))
+            if load_now:
+                threading.Thread(target=self.state.pool.load_all, name="vidfeat-load",
+                                 daemon=True).start()
 
     plugin = ExtractorPlugin()
-    plugin.name = name
+    plugin.name = plugin_name(specs)
     return plugin
 
 
