@@ -21,6 +21,7 @@ from vidfeat.pipeline.corpus import scan
 from vidfeat.pipeline.prepare import RunReport
 
 FEATURES = {"resnet152": {"fps": 2}, "vggish": None}
+# tests marked slow extract (a local Dask worker, the S3 server); the others are quick
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,7 @@ def bucket_store(s3: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return store
 
 
+@pytest.mark.slow
 def test_listing_a_prefix_takes_the_video_objects_with_their_etags(s3: dict) -> None:
     corpus = scan(["s3://vids/corpus/"])
     assert [(v.video_id, v.path) for v in corpus.videos] == [
@@ -89,6 +91,7 @@ def test_listing_a_prefix_takes_the_video_objects_with_their_etags(s3: dict) -> 
         == ["two"]
 
 
+@pytest.mark.slow
 def test_a_bucket_extracts_as_the_same_files_on_disk(s3: dict, bucket_store: Path,
                                                      tmp_path: Path) -> None:
     local = tmp_path / "local"
@@ -113,6 +116,7 @@ def test_a_zero_byte_object_is_its_videos_failure(bucket_store: Path) -> None:
     assert "\n" not in failures["empty", "resnet152"]
 
 
+@pytest.mark.slow
 def test_an_unchanged_bucket_is_listed_not_downloaded(s3: dict, bucket_store: Path) -> None:
     s3["proxy"].reset()
     report = _extract(s3, ["s3://vids/corpus/"], bucket_store)
@@ -123,6 +127,7 @@ def test_an_unchanged_bucket_is_listed_not_downloaded(s3: dict, bucket_store: Pa
     assert s3["proxy"].bytes_down < 20_000  # listings and the empty object's HEAD only
 
 
+@pytest.mark.slow
 def test_a_changed_object_is_extracted_again(s3: dict, tmp_path: Path) -> None:
     store = tmp_path / "store"
     s3["client"].upload_file(str(s3["local"] / "one.mp4"), "vids", "changing/v.mp4")
@@ -135,6 +140,7 @@ def test_a_changed_object_is_extracted_again(s3: dict, tmp_path: Path) -> None:
     assert after.shape != before.shape  # 3 s of audio where there were 2.5
 
 
+@pytest.mark.slow
 def test_denied_reads_fail_their_videos_and_show_no_credential(
         s3: dict, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     store = tmp_path / "store"
@@ -154,6 +160,7 @@ def test_denied_reads_fail_their_videos_and_show_no_credential(
         assert secret not in text and key_id not in text
 
 
+@pytest.mark.slow
 def test_a_dropped_connection_fails_the_video_and_stores_no_rows(s3: dict,
                                                                  tmp_path: Path) -> None:
     store = tmp_path / "store"
@@ -177,6 +184,7 @@ def test_a_dropped_connection_fails_the_video_and_stores_no_rows(s3: dict,
     assert _extract(s3, ["s3://vids/drop/"], store).exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_long_video_by_url_split_equals_unsplit(s3: dict, tmp_path: Path) -> None:
     features = {"resnet152": {"fps": 1}}
     whole = _extract(s3, ["s3://vids/long/"], tmp_path / "whole", features=features)
@@ -192,6 +200,7 @@ def test_a_long_video_by_url_split_equals_unsplit(s3: dict, tmp_path: Path) -> N
     assert len(a.times("long", "resnet152")) == 12
 
 
+@pytest.mark.slow
 def test_https_style_sources_from_a_static_server(s3: dict, tmp_path: Path) -> None:
     server = http_server(s3["local"])
     try:

@@ -75,6 +75,7 @@ def shard_store(shards: dict) -> tuple[Path, RunReport]:
     return store, _extract(shards, [pattern], store)
 
 
+@pytest.mark.slow
 def test_every_video_member_is_a_video_keyed_by_its_sample(shards: dict) -> None:
     corpus = scan([str(shards["root"] / "shards" / "{00000..00001}.tar")])
     assert [v.video_id for v in corpus.videos] == ["000000000", "000000001", "000010000",
@@ -84,6 +85,7 @@ def test_every_video_member_is_a_video_keyed_by_its_sample(shards: dict) -> None
     assert json.loads(first.metadata)["caption"] == "a test pattern"
 
 
+@pytest.mark.slow
 def test_members_extract_as_the_files_they_were(shards: dict, shard_store: tuple,
                                                 tmp_path: Path) -> None:
     store, report = shard_store
@@ -98,6 +100,7 @@ def test_members_extract_as_the_files_they_were(shards: dict, shard_store: tuple
     assert attrs["source_path"].startswith(str(shards["root"] / "shards" / "00001.tar#"))
 
 
+@pytest.mark.slow
 def test_a_corrupt_member_is_that_samples_failure(shard_store: tuple) -> None:
     store, report = shard_store
     assert {(o.video_id, o.feature) for o in report.failed} == {("000000001", "resnet152"),
@@ -107,12 +110,14 @@ def test_a_corrupt_member_is_that_samples_failure(shard_store: tuple) -> None:
     assert sorted(vidfeat.open_store(store).videos()) == ["000000000", "000010000", "000010001"]
 
 
+@pytest.mark.slow
 def test_a_rerun_over_unchanged_shards_is_up_to_date(shards: dict, shard_store: tuple) -> None:
     store, _ = shard_store
     report = _extract(shards, [str(shards["root"] / "shards" / "00001.tar")], store)
     assert report.exit_code == 0 and report.up_to_date == 2
 
 
+@pytest.mark.slow
 def test_a_shard_by_url_is_listed_once_and_read_by_ranges(shards: dict, tmp_path: Path) -> None:
     server = http_server(shards["root"])
     try:
@@ -131,6 +136,7 @@ def test_a_shard_by_url_is_listed_once_and_read_by_ranges(shards: dict, tmp_path
         server.shutdown()
 
 
+@pytest.mark.slow
 def test_a_truncated_shard_keeps_the_members_before_the_cut(shards: dict,
                                                              tmp_path: Path) -> None:
     whole = (shards["root"] / "shards" / "00001.tar").read_bytes()
