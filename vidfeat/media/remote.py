@@ -147,7 +147,9 @@ def _new_filesystem(protocol: str) -> Any:
             fs.retries = 1
             return fs
         if protocol == "gcs":
-            return fsspec.filesystem("gcs", skip_instance_cache=True, retries=1)
+            # gcsfs retries transient errors itself (6 tries, fixed when its class is
+            # defined): ours come on top and count only what outlasts those
+            return fsspec.filesystem("gcs", skip_instance_cache=True)
         return fsspec.filesystem("http", skip_instance_cache=True)
     except ImportError as error:
         package = {"s3": "s3fs", "gcs": "gcsfs"}.get(protocol, "aiohttp")
