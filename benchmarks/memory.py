@@ -22,7 +22,7 @@ from vidfeat.media import probe
 from vidfeat.pipeline.corpus import VideoSource
 from vidfeat.pipeline.engine import Engine
 from vidfeat.pipeline.plan import WorkUnit
-from vidfeat.storage.writer import create_store
+from vidfeat.storage.store_dir import create_store
 
 path, store, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 names = ("r2plus1d_18", "c3d", "resnet152")

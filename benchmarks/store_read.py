@@ -31,7 +31,8 @@ from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.merge import merge
 from vidfeat.storage.reader import open_store
 from vidfeat.storage.schema import VIDEOS_GROUP, FeatureRecord, VideoRecord
-from vidfeat.storage.writer import create_store, write_shard
+from vidfeat.storage.store_dir import create_store
+from vidfeat.storage.writer import write_shard
 
 #: videos per shard, as a task of short videos packs them
 PACK = 50

@@ -198,7 +198,7 @@ def main() -> None:
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(dir=args.dir, prefix="store_scale-"))
-    from vidfeat.storage.writer import create_store
+    from vidfeat.storage.store_dir import create_store
 
     store = create_store(work / "store")
     rows: list[tuple[str, str]] = []

@@ -42,7 +42,8 @@ from vidfeat.datasets.grounding import map_mask, span_iou
 from vidfeat.storage.export import export_per_video
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.schema import FeatureRecord, VideoRecord
-from vidfeat.storage.writer import create_store, write_shard
+from vidfeat.storage.store_dir import create_store
+from vidfeat.storage.writer import write_shard
 
 
 @pytest.fixture(scope="session")

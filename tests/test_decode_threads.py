@@ -35,8 +35,8 @@ from vidfeat.pipeline.records import TaskReport
 from vidfeat.pipeline.stitch import stitch, stitch_and_write
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.reader import open_store
+from vidfeat.storage.store_dir import create_store
 from vidfeat.storage.verify import verify
-from vidfeat.storage.writer import create_store
 
 # every test runs the worker engine with real models over real videos
 pytestmark = pytest.mark.slow

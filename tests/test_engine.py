@@ -19,7 +19,7 @@ from vidfeat.pipeline.engine import Engine
 from vidfeat.pipeline.plan import WorkUnit, segments
 from vidfeat.pipeline.stitch import stitch, stitch_and_write
 from vidfeat.storage.reader import open_store
-from vidfeat.storage.writer import create_store
+from vidfeat.storage.store_dir import create_store
 
 # every test runs real models (random weights) over real videos, seconds to half a minute each
 pytestmark = pytest.mark.slow

@@ -253,7 +253,7 @@ def test_a_bad_run_option_flag_is_one_line_and_creates_no_store(
 def test_submit_waits_for_the_lock_as_long_as_the_job_file_says(
         corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from vidfeat.storage.lock import StoreLock
-    from vidfeat.storage.writer import create_store
+    from vidfeat.storage.store_dir import create_store
 
     store = create_store(tmp_path / "store")
     job = write_job(tmp_path / "job.yaml", [str(corpus / "talk.mp4")], store,

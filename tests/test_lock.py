@@ -18,7 +18,7 @@ import pytest
 
 from vidfeat.errors import StoreLockedError
 from vidfeat.storage.lock import LOCK_FILE, StoreLock, read_holder
-from vidfeat.storage.writer import create_store
+from vidfeat.storage.store_dir import create_store
 
 HOLDER = """
 import sys

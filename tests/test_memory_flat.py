@@ -19,7 +19,7 @@ from vidfeat.media import probe
 from vidfeat.pipeline.corpus import VideoSource
 from vidfeat.pipeline.engine import Engine
 from vidfeat.pipeline.plan import WorkUnit
-from vidfeat.storage.writer import create_store
+from vidfeat.storage.store_dir import create_store
 
 path, store = sys.argv[1], sys.argv[2]
 specs = {"resnet152": ExtractorSpec("resnet152", {"fps": 0.05}, random_weights=True),

@@ -26,8 +26,9 @@ from vidfeat.storage.merge import merge
 from vidfeat.storage.reader import open_store
 from vidfeat.storage.runs import RUNS_DIR, build_report, read_reports, write_report
 from vidfeat.storage.schema import FeatureRecord, Outcome, VideoRecord
+from vidfeat.storage.store_dir import create_store
 from vidfeat.storage.verify import verify
-from vidfeat.storage.writer import create_store, write_shard
+from vidfeat.storage.writer import write_shard
 
 
 def _video(video_id: str, rows: int = 4, dim: int = 8, seed: int = 0) -> VideoRecord:

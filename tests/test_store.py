@@ -24,8 +24,9 @@ from vidfeat.storage.migrate import migrate
 from vidfeat.storage.plot import plot_video
 from vidfeat.storage.reader import open_store
 from vidfeat.storage.schema import SCHEMA_VERSION, STORE_MARKER, FeatureRecord, VideoRecord
+from vidfeat.storage.store_dir import create_store
 from vidfeat.storage.verify import verify
-from vidfeat.storage.writer import create_store, write_shard
+from vidfeat.storage.writer import write_shard
 
 FLOAT16_TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}
 

@@ -21,8 +21,9 @@ from vidfeat.storage.merge import merge, part_paths
 from vidfeat.storage.migrate import migrate
 from vidfeat.storage.reader import open_store
 from vidfeat.storage.schema import STORE_MARKER, FeatureRecord, VideoRecord
+from vidfeat.storage.store_dir import create_store
 from vidfeat.storage.verify import verify
-from vidfeat.storage.writer import create_store, write_shard
+from vidfeat.storage.writer import write_shard
 
 FEATURE_ATTRS = {"model": "resnet152", "layer": "avgpool", "weights_sha256": "ab" * 32,
                  "random_weights": False, "precision": "fp32", "compiled": False,

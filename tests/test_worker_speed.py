@@ -21,7 +21,7 @@ from vidfeat.pipeline.corpus import VideoSource
 from vidfeat.pipeline.engine import Engine
 from vidfeat.pipeline.plan import WorkUnit
 from vidfeat.pipeline.worker import extractor_plugin, worker_state
-from vidfeat.storage.writer import create_store
+from vidfeat.storage.store_dir import create_store
 
 SPECS = {"resnet152": ExtractorSpec("resnet152", {"fps": 8.0}, random_weights=True)}
 REPEATS = 3

@@ -24,7 +24,7 @@ from vidfeat.pipeline.sources import remote_fingerprint
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.lock import StoreLock
 from vidfeat.storage.schema import INDEX_FILE, SHARD_DIR, Outcome, Status
-from vidfeat.storage.writer import create_store
+from vidfeat.storage.store_dir import create_store
 
 RESUME_HINT = "rerun the same command to resume"
 

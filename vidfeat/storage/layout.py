@@ -27,6 +27,9 @@ from vidfeat.storage.schema import (
     Status,
 )
 
+# libver v108: compact "new style" groups and attributes of any size; HDF5 1.8+ reads them
+HDF5_LIBVER = "v108"
+
 #: the attributes every feature record carries beside its own
 ENTRY_KEYS = ("status", "reason", "feature")
 

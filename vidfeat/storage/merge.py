@@ -27,7 +27,7 @@ from vidfeat import __version__
 from vidfeat.storage.attrs import json_default, read_attrs
 from vidfeat.storage.files import fsync_directory, temporary_name
 from vidfeat.storage.index import StoreIndex
-from vidfeat.storage.layout import ENTRY_KEYS, read_index
+from vidfeat.storage.layout import ENTRY_KEYS, HDF5_LIBVER, read_index
 from vidfeat.storage.merged import ENTRY_ROW, VIDEO_ROW, TableWriter
 from vidfeat.storage.schema import (
     INDEX_NODE,
@@ -39,7 +39,7 @@ from vidfeat.storage.schema import (
     Status,
     video_key,
 )
-from vidfeat.storage.writer import HDF5_LIBVER, readable_store
+from vidfeat.storage.store_dir import readable_store
 
 SCRATCH = """
 CREATE TABLE entries (key INTEGER, part INTEGER, video_id TEXT, feature TEXT, status TEXT,

@@ -31,7 +31,8 @@ from vidfeat.storage.schema import (
     Status,
     VideoRecord,
 )
-from vidfeat.storage.writer import read_marker, write_into, write_marker
+from vidfeat.storage.store_dir import read_marker, write_marker
+from vidfeat.storage.writer import write_into
 
 VIDEOS_PER_PACK = 64
 

@@ -38,7 +38,7 @@ from vidfeat.storage.schema import (
     FeatureEntry,
     Status,
 )
-from vidfeat.storage.writer import readable_store
+from vidfeat.storage.store_dir import readable_store
 
 ALIGN_METHODS = ("mean", "nearest")
 #: each open HDF5 file keeps its own metadata cache (~0.5 MB): random reads over a store

@@ -33,7 +33,7 @@ from vidfeat.storage.schema import (
     FeatureEntry,
     Status,
 )
-from vidfeat.storage.writer import require_store, require_writable
+from vidfeat.storage.store_dir import require_store, require_writable
 
 UNREPAIRABLE = "data damage: re-extract the video; --repair cannot fix this"
 #: shards per batch a worker process checks; fewer shards than two batches: no processes
