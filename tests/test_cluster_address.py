@@ -68,7 +68,7 @@ def test_job_runs_on_the_scheduler_and_model_tasks_only_on_the_gpu_worker(
     assert len(features.get("talk", "resnet152")) == 3  # 2.5 s at 1 fps
     assert features.get("talk", "vggish").shape[1] == 128
     model_tasks = [t for t in stream if t["key"].startswith("vidfeat-")
-                   and not t["key"].startswith("vidfeat-stitch-")]
+                   and not t["key"].startswith(("vidfeat-stitch-", "vidfeat-describe-"))]
     probes = [t for t in stream if t["key"].startswith("_probe_videos-")]
     assert len(model_tasks) >= 4 and probes
     assert {t["worker"] for t in model_tasks} == {workers["gpu-worker"]}

@@ -24,7 +24,7 @@ from vidfeat.pipeline.sources import remote_fingerprint
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.lock import StoreLock
 from vidfeat.storage.schema import INDEX_FILE, SHARD_DIR, Outcome, Status
-from vidfeat.storage.store_dir import create_store
+from vidfeat.storage.store_dir import check_store_path, create_store
 
 RESUME_HINT = "rerun the same command to resume"
 
@@ -207,6 +207,7 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
     if options.device.startswith("cuda") and not visible_gpus():
         # never a silent fall back to the CPU
         raise ConfigError(f"--device {options.device}: no CUDA device visible on this machine")
+    check_store_path(store)  # before a worker may be asked to describe the extractors
     remembered = ConfigHashes(Path(store))
     descriptions = remembered.of(specs, describe)
     hashes = {name: description.config_hash for name, description in descriptions.items()}

@@ -130,7 +130,10 @@ class _Cluster:
     def describe(self, specs: dict[str, ExtractorSpec]) -> dict[str, Description]:
         """``describe_specs`` on a worker (which imports torch for its tasks anyway); the
         workers meanwhile start loading the run's models, while the driver still prepares
-        (a first run has work to do)."""
+        (a first run has work to do). In a process that has imported torch already (a
+        notebook, a test), here: a bad option then costs no cluster."""
+        if "torch" in sys.modules:
+            return describe_specs(specs)
         client = self.client()
         described = client.submit(describe_specs, specs, pure=False,
                                   key=f"vidfeat-describe-{time.time_ns()}")

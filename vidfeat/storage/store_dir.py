@@ -94,14 +94,21 @@ def require_writable(directory: Path, needs: str) -> None:
                              f"it works: inspect, verify, export, open_store")
 
 
-def create_store(directory: str | Path) -> Path:
-    """Create a store at ``directory`` (or accept an existing one of this schema)."""
+def check_store_path(directory: str | Path) -> Path:
+    """StoreError unless a store can be created or written at ``directory`` (a file, a
+    read-only directory, a store of another schema); creates nothing."""
     directory = Path(directory)
     if directory.is_file():
         raise file_not_store(directory, "give a directory (created if missing) for the store")
     require_writable(directory, "extracting")
     if (directory / STORE_MARKER).exists():
         require_store(directory)
+    return directory
+
+
+def create_store(directory: str | Path) -> Path:
+    """Create a store at ``directory`` (or accept an existing one of this schema)."""
+    directory = check_store_path(directory)
     with disk_full_as_store_error(directory, "creating the store"):
         if not (directory / STORE_MARKER).exists():
             (directory / SHARD_DIR).mkdir(parents=True, exist_ok=True)
