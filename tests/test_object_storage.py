@@ -41,7 +41,8 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     os.environ.update(AWS_ENDPOINT_URL=proxy.endpoint, AWS_ACCESS_KEY_ID=server.key_id,
                       AWS_SECRET_ACCESS_KEY=server.secret, AWS_DEFAULT_REGION="us-east-1",
                       VIDFEAT_REMOTE_RETRIES="3", VIDFEAT_REMOTE_BACKOFF="0.05",
-                      VIDFEAT_HOME=str(tmp_path_factory.mktemp("home")))
+                      VIDFEAT_HOME=str(tmp_path_factory.mktemp("home")),
+                      TMPDIR=str(tmp_path_factory.mktemp("tmp")))
     client = server.client()
     for bucket in ("vids", "locked", "hidden"):
         client.create_bucket(Bucket=bucket)
@@ -114,6 +115,20 @@ def test_a_zero_byte_object_is_its_videos_failure(bucket_store: Path) -> None:
     assert set(failures) == {("empty", "resnet152"), ("empty", "vggish")}
     assert "s3://vids/corpus/sub/empty.mp4" in failures["empty", "resnet152"]
     assert "\n" not in failures["empty", "resnet152"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decoder", ["decord", "torchcodec"])
+def test_decoders_that_need_a_file_read_a_spooled_copy(s3: dict, bucket_store: Path,
+                                                       tmp_path: Path, decoder: str) -> None:
+    store = tmp_path / "store"
+    features = {"resnet152": {"fps": 2}}
+    report = _extract(s3, ["s3://vids/corpus/one.mp4"], store, features=features,
+                      decoder=decoder)
+    assert report.exit_code == 0, report.summary()
+    np.testing.assert_array_equal(vidfeat.open_store(store).get("one", "resnet152"),
+                                  vidfeat.open_store(bucket_store).get("one", "resnet152"))
+    assert not list(Path(os.environ["TMPDIR"]).glob("vidfeat-spool-*"))  # removed after use
 
 
 @pytest.mark.slow

@@ -423,7 +423,7 @@ class RemoteFile(io.RawIOBase):
         for ahead in range(index + 1, min(index + READ_AHEAD, last) + 1):
             _cache.prefetch(self.source, ahead)
         count = min(len(view), len(block) - skip)
-        view[:count] = block[skip:skip + count]
+        view[:count] = memoryview(block)[skip:skip + count]
         self.position += count
         return count
 
