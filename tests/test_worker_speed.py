@@ -20,7 +20,7 @@ from vidfeat.media import probe
 from vidfeat.pipeline.corpus import VideoSource
 from vidfeat.pipeline.engine import Engine
 from vidfeat.pipeline.plan import WorkUnit
-from vidfeat.pipeline.worker import extractor_plugin, worker_state
+from vidfeat.pipeline.worker import extractor_plugin, plugin_name, worker_state
 from vidfeat.storage.store_dir import create_store
 
 SPECS = {"resnet152": ExtractorSpec("resnet152", {"fps": 8.0}, random_weights=True)}
@@ -36,7 +36,7 @@ def _model_seconds(pool: ExtractorPool, path: str, store: str) -> float:
 
 
 def _on_worker(path: str, store: str) -> tuple[float, int]:
-    state = worker_state("speed-test")
+    state = worker_state(plugin_name(SPECS))
     return _model_seconds(state.pool, path, store), torch.get_num_threads()
 
 
@@ -50,7 +50,7 @@ def test_worker_process_runs_the_model_as_fast_as_the_driver(tmp_path: Path) -> 
     pool = ExtractorPool(SPECS, "cpu")
     in_process, on_worker = [], []
     with local_client(workers=1) as client:
-        client.register_plugin(extractor_plugin("speed-test", SPECS, "cpu", {}))
+        client.register_plugin(extractor_plugin(SPECS, "cpu", {}))
         # alternated, so that whatever else the machine does weighs on both alike
         for _ in range(REPEATS):
             torch.set_num_threads(threads)
