@@ -263,3 +263,23 @@ def test_a_job_files_credentials_stay_out_of_the_run_report() -> None:
     assert "s3cr3t-value" not in recorded and "AKIDVALUE" not in recorded
     assert "http://minio:9000" in recorded  # what is no credential stays, for debugging
     assert job.cluster.settings["env"]["AWS_SECRET_ACCESS_KEY"] == "s3cr3t-value"  # workers
+
+
+@pytest.mark.slow
+def test_the_command_line_and_a_job_file_take_a_bucket(s3: dict, tmp_path: Path) -> None:
+    import yaml
+
+    from vidfeat.cli import main
+
+    address = s3["dask"].scheduler.address
+    store = tmp_path / "store"
+    assert main(["extract", "s3://vids/corpus/one.mp4", "--store", str(store), "--features",
+                 "vggish", "--random-weights", "--no-progress", "--scheduler", address]) == 0
+    assert vidfeat.open_store(store).get("one", "vggish").shape == (2, 128)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"sources": ["s3://vids/long/"], "store": str(store),
+                                   "features": ["vggish"], "random_weights": True,
+                                   "progress": False, "cluster": {"address": address}}))
+    assert main(["submit", str(job)]) == 0
+    assert [(f.video_id, f.status) for f in vidfeat.open_store(store).failures()] == [
+        ("long", "skipped")]  # a video without audio

@@ -12,6 +12,7 @@ from typing import Any
 from vidfeat.errors import ConfigError
 from vidfeat.jobs.schema import BACKENDS, validate
 from vidfeat.jobs.spec import ClusterSpec
+from vidfeat.media.remote import is_url
 from vidfeat.options import RunOptions
 from vidfeat.options import options as run_options
 
@@ -47,7 +48,7 @@ class Job:
         """Sources with their globs expanded (a glob matching nothing is an error)."""
         expanded = []
         for position, source in enumerate(self.sources):
-            if _GLOB_CHARACTERS.isdisjoint(source) or source.startswith("@"):
+            if _GLOB_CHARACTERS.isdisjoint(source) or source.startswith("@") or is_url(source):
                 expanded.append(source)
                 continue
             matches = sorted(glob.glob(source, recursive=True))
@@ -65,8 +66,9 @@ class Job:
         given = {key: value for key, value in given.items() if value is not None}
         job = self
         if "sources" in given:
-            job = replace(job, sources=[str(Path(s).expanduser()) if not s.startswith("@")
-                                        else s for s in given.pop("sources")])
+            job = replace(job, sources=[s if s.startswith("@") or is_url(s)
+                                        else str(Path(s).expanduser())
+                                        for s in given.pop("sources")])
         if "store" in given:
             job = replace(job, store=given.pop("store"))
         cluster = job.cluster
@@ -127,7 +129,9 @@ def job_from_document(document: Any, origin: str, base: Path, text: str = "") ->
     sources = [sources] if isinstance(sources, str) else sources
     resolved_sources = []
     for position, source in enumerate(sources):
-        if source.startswith("@"):
+        if is_url(source):  # s3://, gs://, http(s)://: read where it is, on every worker
+            resolved_sources.append(source)
+        elif source.startswith("@"):
             resolved_sources.append("@" + absolute(source[1:], f"sources[{position}]"))
         else:
             resolved_sources.append(absolute(source, f"sources[{position}]"))
