@@ -509,3 +509,31 @@ def test_a_second_local_cluster_in_one_process_gets_its_own_thread_counts() -> N
     with local_client(workers=1) as client:
         seen = set(client.run(_worker_threads).values())
     assert seen == {(str(cores), cores)}
+
+
+def test_a_kubernetes_job_reads_a_bucket_with_pod_credentials(tmp_path: Path) -> None:
+    """Videos from a bucket: no volume for them; the pods that read videos get the bucket's
+    credentials from a service account and a Secret, and the job file holds none."""
+    from vidfeat.jobs.jobfile import job_from_document
+
+    document = {"sources": ["s3://videos/incoming/", "s3://videos/shards/{00000..00009}.tar"],
+                "store": "/data/store", "features": ["vggish"],
+                "cluster": {"kubernetes": {
+                    "image": "registry.example.org/vidfeat:0.1.0",
+                    "service_account": "video-reader", "secret_env": ["minio-credentials"],
+                    "volumes": [{"name": "store", "claim": "video-features",
+                                 "mount_path": "/data/store"}]}}}
+    job = job_from_document(document, "job.yaml", tmp_path, yaml.safe_dump(document))
+    assert job.sources == document["sources"]  # URLs stay URLs, not paths in the pod
+    config_map, dask_job = render(job.cluster, job.text)
+    _check_against_operator_crd(dask_job)
+    job_pod = dask_job["spec"]["job"]["spec"]
+    worker_pod = dask_job["spec"]["cluster"]["spec"]["worker"]["spec"]
+    for pod in (job_pod, worker_pod):
+        assert pod["serviceAccountName"] == "video-reader"
+        assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "minio-credentials"}}]
+    assert "SECRET" not in config_map["data"]["job.yaml"]
+    with pytest.raises(ConfigError, match="secret_env: expected a list of Secret names"):
+        job_from_document({**document, "cluster": {"kubernetes": {
+            **document["cluster"]["kubernetes"], "secret_env": "minio-credentials"}}},
+            "job.yaml", tmp_path)

@@ -89,6 +89,7 @@ def render(spec: ClusterSpec, job_text: str) -> list[dict[str, Any]]:
     # copies: shared objects would come out of a YAML dump as anchors and aliases
     worker_container.update(imagePullPolicy=pull_policy, volumeMounts=copy.deepcopy(mounts))
     worker["spec"]["volumes"] = copy.deepcopy(volumes)
+    _credentials(worker["spec"], worker_container, settings)
     scheduler = make_scheduler_spec(cluster_name=name, env=_env(user_env), image=image)
     scheduler_container = scheduler["spec"]["containers"][0]
     scheduler_container["imagePullPolicy"] = pull_policy
@@ -106,6 +107,7 @@ def render(spec: ClusterSpec, job_text: str) -> list[dict[str, Any]]:
         }],
         "volumes": [*volumes, {"name": _JOB_VOLUME, "configMap": {"name": f"{name}-job"}}],
     }
+    _credentials(job_pod, job_pod["containers"][0], settings)
     metadata = {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name":
                                                                  "vidfeat"}}
     config_map = {"apiVersion": "v1", "kind": "ConfigMap",
@@ -115,6 +117,18 @@ def render(spec: ClusterSpec, job_text: str) -> list[dict[str, Any]]:
                 "spec": {"job": {"spec": job_pod},
                          "cluster": {"spec": {"worker": worker, "scheduler": scheduler}}}}
     return [config_map, dask_job]
+
+
+def _credentials(pod: dict[str, Any], container: dict[str, Any],
+                 settings: Mapping[str, Any]) -> None:
+    """Where the pods that read videos (the job's and the workers') get a bucket's credentials
+    without the job file holding them: a service account (an IAM role bound to it: IRSA,
+    Workload Identity) and the keys of Secrets as environment variables."""
+    if settings.get("service_account"):
+        pod["serviceAccountName"] = settings["service_account"]
+    if settings.get("secret_env"):
+        container["envFrom"] = [{"secretRef": {"name": secret}}
+                                for secret in settings["secret_env"]]
 
 
 def dump(manifests: list[dict[str, Any]]) -> str:

@@ -64,6 +64,11 @@ _KUBERNETES = _section({
     "volumes": {"type": "array", "items": _VOLUME, "expected": "a list of volumes"},
     "env": {"type": "object", "additionalProperties": _STRING,
             "expected": "a mapping of variable name to string"},
+    "service_account": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                        "expected": "a service account name"},
+    "secret_env": {"type": "array", "items": {"type": "string",
+                                              "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"},
+                   "expected": "a list of Secret names"},
 }, ("image",))
 
 JOB_SCHEMA: dict[str, Any] = _section({
