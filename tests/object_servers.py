@@ -5,6 +5,7 @@ Range requests as CDNs do."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -187,12 +189,16 @@ class _Limited:
         self.handle.close()
 
 
-def http_server(directory: Path) -> ThreadingHTTPServer:
+@contextlib.contextmanager
+def http_server(directory: Path) -> Iterator[ThreadingHTTPServer]:
     """A static HTTP server for ``directory`` on 127.0.0.1 (plain http, as https:// sources
-    are read the same way), serving in a daemon thread; ``shutdown()`` stops it;
-    ``requests`` lists what it was asked."""
+    are read the same way), serving in a daemon thread while inside; ``requests`` lists what
+    it was asked."""
     handler = functools.partial(_RangeHandler, directory=str(directory))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.requests = []  # type: ignore[attr-defined]  # "GET /path bytes=0-99" of each
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    try:
+        yield server
+    finally:
+        server.shutdown()

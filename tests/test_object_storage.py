@@ -217,8 +217,7 @@ def test_a_long_video_by_url_split_equals_unsplit(s3: dict, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_https_style_sources_from_a_static_server(s3: dict, tmp_path: Path) -> None:
-    server = http_server(s3["local"])
-    try:
+    with http_server(s3["local"]) as server:
         base = f"http://127.0.0.1:{server.server_port}"
         store = tmp_path / "store"
         report = _extract(s3, [f"{base}/one.mp4"], store)
@@ -230,8 +229,6 @@ def test_https_style_sources_from_a_static_server(s3: dict, tmp_path: Path) -> N
         assert all(v.remote.size > 0 and v.remote.modified for v in listed)
         with pytest.raises(ConfigError, match="credentials in a source URL"):
             scan([f"http://user:pw@127.0.0.1:{server.server_port}/one.mp4"])
-    finally:
-        server.shutdown()
 
 
 def test_urls_are_shown_without_credentials_and_braces_expand_as_bash_does() -> None:

@@ -119,8 +119,7 @@ def test_a_rerun_over_unchanged_shards_is_up_to_date(shards: dict, shard_store: 
 
 @pytest.mark.slow
 def test_a_shard_by_url_is_listed_once_and_read_by_ranges(shards: dict, tmp_path: Path) -> None:
-    server = http_server(shards["root"])
-    try:
+    with http_server(shards["root"]) as server:
         url = f"http://127.0.0.1:{server.server_port}/shards/00001.tar"
         store = tmp_path / "store"
         report = _extract(shards, [url], store)
@@ -132,8 +131,6 @@ def test_a_shard_by_url_is_listed_once_and_read_by_ranges(shards: dict, tmp_path
         assert _extract(shards, [url], store).up_to_date == 2
         # the member list is cached by the tar's version: a HEAD, no body read
         assert [r.split()[0] for r in server.requests] == ["HEAD"], server.requests
-    finally:
-        server.shutdown()
 
 
 @pytest.mark.slow
