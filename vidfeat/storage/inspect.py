@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vidfeat.storage.reader import FeatureStore, open_store
-from vidfeat.storage.runs import read_reports
+from vidfeat.storage.runs import newest_report, read_reports
 from vidfeat.storage.schema import FeatureEntry, Status
 
 EXAMPLES_SHOWN = 3
@@ -110,8 +110,8 @@ def failures_listing(path: str | Path) -> str:
                 lines.append(f"{entry.video_id}\t{entry.feature}\t{entry.reason}\t{source}")
                 listed.add((entry.video_id, entry.feature))
         merged = store.merged
-    reports = [] if merged else read_reports(path)
-    for failure in reports[-1].failures if reports else []:
+    newest = None if merged else newest_report(path)
+    for failure in newest.failures if newest else []:
         if (failure["video_id"], failure["feature"]) not in listed:
             lines.append("\t".join(failure[key] for key in ("video_id", "feature", "reason",
                                                               "source_path")))

@@ -147,17 +147,27 @@ def write_report(directory: str | Path, report: RunRecord) -> Path:
 def read_reports(directory: str | Path) -> list[RunRecord]:
     """Every run report in the store, oldest first. Unknown fields (from a newer vidfeat) are
     ignored; a file that is no report is a StoreError naming it."""
-    known = set(RunRecord.__dataclass_fields__)
-    reports = []
-    for path in sorted((Path(directory) / RUNS_DIR).glob("*.json")):
-        try:
-            content = json.loads(path.read_text())
-            if content.get("format") != REPORT_FORMAT:
-                raise ValueError(f"format {content.get('format')!r}")
-            reports.append(RunRecord(**{k: v for k, v in content.items() if k in known}))
-        except (OSError, ValueError, TypeError) as error:
-            raise StoreError(f"{path}: not a readable run report: {error}") from error
+    reports = [_read_report(path)
+               for path in sorted((Path(directory) / RUNS_DIR).glob("*.json"))]
     return sorted(reports, key=lambda r: r.started)
+
+
+def newest_report(directory: str | Path) -> RunRecord | None:
+    """The report of the run that started last (file names begin with the start time), read
+    alone: a store of years of nightly runs holds hundreds of them."""
+    paths = sorted((Path(directory) / RUNS_DIR).glob("*.json"))
+    return _read_report(paths[-1]) if paths else None
+
+
+def _read_report(path: Path) -> RunRecord:
+    known = set(RunRecord.__dataclass_fields__)
+    try:
+        content = json.loads(path.read_text())
+        if content.get("format") != REPORT_FORMAT:
+            raise ValueError(f"format {content.get('format')!r}")
+        return RunRecord(**{k: v for k, v in content.items() if k in known})
+    except (OSError, ValueError, TypeError) as error:
+        raise StoreError(f"{path}: not a readable run report: {error}") from error
 
 
 def _iso(timestamp: float) -> str:
