@@ -20,6 +20,8 @@ _MEMORY = {"type": "string", "pattern": r"^\d+(\.\d+)?\s*([KMGT]i?B)$",
            "expected": 'a memory size like "16GB"'}
 _WALLTIME = {"type": "string", "pattern": r"^(\d+-)?\d+(:\d\d){0,2}$",
              "expected": 'a string like "02:00:00"'}
+#: a Kubernetes object's name (a DNS subdomain: a service account, a Secret)
+_OBJECT_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 _RESOURCES = {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0,
                                                          "expected": "a positive number"},
               "expected": "a mapping of resource name to amount, like {GPU: 1}"}
@@ -64,10 +66,9 @@ _KUBERNETES = _section({
     "volumes": {"type": "array", "items": _VOLUME, "expected": "a list of volumes"},
     "env": {"type": "object", "additionalProperties": _STRING,
             "expected": "a mapping of variable name to string"},
-    "service_account": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    "service_account": {"type": "string", "pattern": _OBJECT_NAME,
                         "expected": "a service account name"},
-    "secret_env": {"type": "array", "items": {"type": "string",
-                                              "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"},
+    "secret_env": {"type": "array", "items": {"type": "string", "pattern": _OBJECT_NAME},
                    "expected": "a list of Secret names"},
 }, ("image",))
 
