@@ -164,10 +164,10 @@ def _assert_same_rows(got: tuple[np.ndarray, np.ndarray],
                                atol=1e-4 * np.abs(expected_data).max(), err_msg=str(key))
 
 
-def _outcomes(report: TaskReport) -> dict[tuple[str, str], tuple[str, int, str]]:
+def _outcomes(report: TaskReport) -> dict[tuple[str, str], tuple[str, str]]:
     keys = [(o.video_id, o.feature) for o in report.outcomes]
     assert len(keys) == len(set(keys)), f"more than one outcome for a video: {sorted(keys)}"
-    return {(o.video_id, o.feature): (o.status, o.rows, o.reason) for o in report.outcomes}
+    return {(o.video_id, o.feature): (o.status, o.reason) for o in report.outcomes}
 
 
 # ---- 1. a damaged video among good ones, in one task ------------------------------------------
@@ -181,32 +181,33 @@ def test_a_damaged_video_fails_alone_and_the_others_get_the_rows_of_one_thread(
     wall = time.perf_counter() - started
     by_one, by_three = _outcomes(one), _outcomes(three)
     assert set(by_three) == {(p.stem, f) for p in paths for f in (VISUAL, AUDIO)}
-    for key, (status, rows, reason) in by_one.items():
-        assert by_three[key][:2] == (status, rows), (key, by_three[key], by_one[key])
+    assert three.rows == one.rows
+    for key, (status, reason) in by_one.items():
+        assert by_three[key][0] == status, (key, by_three[key], by_one[key])
         assert (status == "failed") == (key[0] == "damaged"), (key, reason)
     for feature in (VISUAL, AUDIO):
-        reason, reason_one = by_three[("damaged", feature)][2], by_one[("damaged", feature)][2]
+        reason, reason_one = by_three[("damaged", feature)][1], by_one[("damaged", feature)][1]
         assert "\n" not in reason and reason.startswith(f"{media['damaged']}: "), reason
         # what vidfeat says is the same; after a video decode's "are missing:" comes FFmpeg's
         # own clause, which depends on its thread count (split among the decode threads)
         assert reason.split(" are missing: ")[0] == reason_one.split(" are missing: ")[0], (
             reason, reason_one)
-    assert "decode stopped after" in by_three[("damaged", VISUAL)][2]
-    assert by_three[("damaged", AUDIO)][2] == by_one[("damaged", AUDIO)][2]
+    assert "decode stopped after" in by_three[("damaged", VISUAL)][1]
+    assert by_three[("damaged", AUDIO)][1] == by_one[("damaged", AUDIO)][1]
     # the store: the damaged video's failure and reason, and the others' rows, as one thread's
     with open_store(tmp_path / "three") as store:
         failures = {(v, f): (s, r) for v, f, s, r in store.failures()}
     assert set(failures) == {("damaged", VISUAL), ("damaged", AUDIO)}
-    assert all(r == by_three[key][2] for key, (_, r) in failures.items())
+    assert all(r == by_three[key][1] for key, (_, r) in failures.items())
     rows_one, rows_three = _stored(tmp_path / "one"), _stored(tmp_path / "three")
     assert set(rows_three) == set(rows_one) == {(p.stem, f) for p in paths if p.stem != "damaged"
                                                 for f in (VISUAL, AUDIO)}
     for key, rows in rows_one.items():
         _assert_same_rows(rows_three[key], rows, key)
-    # model time: each video's rows carry their share of their batches, no more than the task
-    ok = [o for o in three.outcomes if o.status == "ok"]
-    assert all(o.seconds > 0 for o in ok), ok
-    assert sum(o.seconds for o in three.outcomes) <= wall
+    # model time: each feature's rows carry their share of their batches, no more than the task
+    assert set(three.model_seconds) == {VISUAL, AUDIO}
+    assert all(seconds > 0 for seconds in three.model_seconds.values()), three.model_seconds
+    assert sum(three.model_seconds.values()) <= wall
 
 
 # ---- 2. segments decoded by several threads ---------------------------------------------------
@@ -232,10 +233,12 @@ def test_segments_decoded_by_several_threads_stitch_into_the_unsplit_rows(
     (record,) = stitch(split.parts, {VISUAL: "frames"}).features
     assert record.status == "ok", record.reason
     _assert_same_rows((record.data, record.times), expected, "long")
-    (outcome,) = stitch_and_write(split.parts, {VISUAL: "frames"}, str(tmp_path / "split"),
-                                  "float32").outcomes
-    assert (outcome.status, outcome.rows) == ("ok", len(expected[0]))
-    assert outcome.seconds == pytest.approx(sum(p.model_seconds[VISUAL] for p in split.parts))
+    written = stitch_and_write(split.parts, {VISUAL: "frames"}, str(tmp_path / "split"),
+                               "float32")
+    assert [outcome.status for outcome in written.outcomes] == ["ok"]
+    assert written.rows == {VISUAL: len(expected[0])}
+    assert written.model_seconds[VISUAL] == pytest.approx(
+        sum(p.model_seconds[VISUAL] for p in split.parts))
 
 
 def test_a_segment_that_fails_to_decode_fails_the_whole_video(
@@ -252,7 +255,7 @@ def test_a_segment_that_fails_to_decode_fails_the_whole_video(
     first_failed = min(i for i, s in statuses.items() if s == "failed")
     report = stitch_and_write(split.parts, {VISUAL: "frames"}, str(store), "float32")
     (outcome,) = report.outcomes
-    assert (outcome.status, outcome.rows) == ("failed", 0), outcome
+    assert outcome.status == "failed" and report.rows == {}, (outcome, report.rows)
     assert outcome.reason.startswith(f"segment {first_failed + 1}/{len(units)}: {path}: "
                                      f"decode stopped"), outcome.reason
     StoreIndex(store).recover()
@@ -279,14 +282,14 @@ def test_files_deleted_or_replaced_after_planning_fail_alone_without_deadlock(
     report = _run(pool, units, tmp_path / "store", threads=3, queue_items=2)
     outcomes = _outcomes(report)
     assert set(outcomes) == {(p.stem, f) for p in paths for f in (VISUAL, AUDIO)}
-    for (video, feature), (status, rows, reason) in outcomes.items():
+    for (video, feature), (status, reason) in outcomes.items():
         if video in ("good0", "good1"):
-            assert status == "failed" and rows == 0, (video, feature, status, reason)
+            assert status == "failed", (video, feature, status, reason)
             assert f"{video}.mp4" in reason and "\n" not in reason, reason
         elif (video, feature) == ("long", AUDIO):
             assert (status, reason) == ("skipped", "no audio stream")
         else:
-            assert status == "ok" and rows > 0, (video, feature, reason)
+            assert status == "ok", (video, feature, reason)
     assert _ok_keys(tmp_path / "store") == {("good2", VISUAL), ("good2", AUDIO),
                                             ("long", VISUAL)}
 
@@ -315,8 +318,9 @@ def test_more_decode_threads_than_units_and_none(media: dict[str, Path], pool: E
     # a queue of one item: each decoder waits for the model after every item, so the two
     # units' items interleave (tiny videos would otherwise decode within one GIL slice)
     five = _run(pool, _units(paths), tmp_path / "five", threads=5, queue_items=1)
-    assert {k: v[:2] for k, v in _outcomes(five).items()} == {
-        (p.stem, VISUAL): ("ok", 2) for p in paths}
+    assert {k: v[0] for k, v in _outcomes(five).items()} == {
+        (p.stem, VISUAL): "ok" for p in paths}
+    assert five.rows == {VISUAL: 2 * len(paths)}
     one = _run(pool, _units(paths), tmp_path / "one", threads=1)
     assert len(one.shards) == 1  # the task's videos in one pack
     rows_one = _stored(tmp_path / "one")

@@ -32,7 +32,7 @@ video = VideoSource("v", path)
 report = engine.run([WorkUnit(video, "visual", ("resnet152", "r3d_18"), "xx/v.visual", info),
                      WorkUnit(video, "audio", ("vggish",), "xx/v.audio", info)],
                     str(create_store(store)))
-rows = {o.feature: o.rows for o in report.outcomes}
+rows = report.rows
 print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "rows": rows, "statuses": [o.status for o in report.outcomes]}))
 """

@@ -294,14 +294,11 @@ def test_extracting_again_replaces_rows_quietly_and_dropping_a_video_says_so(tmp
 
 def _outcomes() -> list[Outcome]:
     return [
-        Outcome("a", "resnet152", "ok", rows=10, seconds=2.0, source_path="/c/a.mp4"),
-        Outcome("a", "vggish", "ok", rows=3, seconds=0.5, source_path="/c/a.mp4"),
-        Outcome("b", "resnet152", "failed", "decode failed after 38 frames",
-                source_path="/c/b.mp4"),
-        Outcome("b", "vggish", "failed", "/c/b.mp4: audio lost at 0.557-2.090 s",
-                source_path="/c/b.mp4"),
-        Outcome("c", "resnet152", "ok", rows=6, seconds=1.0, source_path="/c/c.mp4"),
-        Outcome("c", "vggish", "skipped", "no audio stream", source_path="/c/c.mp4"),
+        Outcome("a", "resnet152", "ok"), Outcome("a", "vggish", "ok"),
+        Outcome("b", "resnet152", "failed", "decode failed after 38 frames"),
+        Outcome("b", "vggish", "failed", "/c/b.mp4: audio lost at 0.557-2.090 s"),
+        Outcome("c", "resnet152", "ok"),
+        Outcome("c", "vggish", "skipped", "no audio stream"),
         Outcome("d", "resnet152", "up_to_date"), Outcome("d", "vggish", "up_to_date"),
         Outcome("e", "resnet152", "skipped", "no video stream"),
         Outcome("e", "vggish", "up_to_date"),
@@ -313,7 +310,9 @@ def test_a_run_report_is_written_into_the_store_and_read_back(tmp_path: Path, ca
     report = build_report(_outcomes(), started=1_800_000_000.0, ended=1_800_000_075.5,
                           command=["vidfeat", "extract", "corpus", "--store", str(store)],
                           configuration={"features": ["resnet152", "vggish"]}, exit_code=1,
-                          videos_total=7)
+                          videos_total=7, rows={"resnet152": 16, "vggish": 3},
+                          model_seconds={"resnet152": 3.0, "vggish": 0.5},
+                          paths={v: f"/c/{v}.mp4" for v in "abce"})
     path = write_report(store, report)
     assert path.parent == store / RUNS_DIR and path.name.startswith("20270115T080000Z-")
     content = json.loads(path.read_text())
@@ -327,6 +326,7 @@ def test_a_run_report_is_written_into_the_store_and_read_back(tmp_path: Path, ca
     assert [f["video_id"] + "/" + f["feature"] for f in content["failures"]] == [
         "b/resnet152", "b/vggish"]
     assert content["failures"][1]["reason"].endswith("audio lost at 0.557-2.090 s")
+    assert {f["source_path"] for f in content["failures"]} == {"/c/b.mp4"}
     [again] = read_reports(store)
     assert again == report
     assert _cli_in_process(capsys, "inspect", str(store), "--runs") == 0

@@ -32,7 +32,7 @@ def _model_seconds(pool: ExtractorPool, path: str, store: str) -> float:
     unit = WorkUnit(VideoSource("speed", path), "visual", ("resnet152",), "xx/speed",
                     probe(path))
     engine = Engine(pool, batch_size=32, dtype="float32")
-    return sum(o.seconds for o in engine.run([unit], store).outcomes)
+    return sum(engine.run([unit], store).model_seconds.values())
 
 
 def _on_worker(path: str, store: str) -> tuple[float, int]:

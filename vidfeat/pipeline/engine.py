@@ -36,7 +36,6 @@ from vidfeat.pipeline.records import (
     TaskReport,
     failed_record,
     feature_attrs,
-    outcomes,
     reason_of,
 )
 from vidfeat.storage.schema import FeatureRecord, Status, VideoRecord
@@ -212,7 +211,7 @@ class Engine:
                                             model_seconds, state.end))
             return
         pack.add(VideoRecord(unit.video.video_id, state.attrs, records))
-        report.outcomes += outcomes(unit, records, model_seconds)
+        report.add_video(unit.video.video_id, records, model_seconds)
 
     # ---- decode side (the decode threads) ------------------------------------------------
     def _media(self, unit: WorkUnit) -> tuple[MediaInfo, dict[str, Any]]:

@@ -156,7 +156,7 @@ def execute(run: PreparedRun, client: Any, *, stop: threading.Event | None = Non
                         indexed.update(shard.relpath for shard in result.shards)
                     except StoreFullError as error:
                         full, _ = error, stop.set()
-                report.add(result.outcomes, result.frames)
+                report.add_task(result)
                 progress.record(result.outcomes)
                 elapsed = time.perf_counter() - started
                 bar.set_postfix(failed=len(report.failed_videos),
@@ -397,8 +397,7 @@ def _failures(failed: list[tuple[VideoSource, list[str], str]], run: PreparedRun
         held = videos.setdefault(video.video_id, VideoRecord(
             video.video_id, {"source_path": video.path, "video_id": video.video_id}, []))
         held.features += records
-        outcomes += [Outcome(video.video_id, name, Status.FAILED, reason, source_path=video.path)
-                     for name in names]
+        outcomes += [record.outcome(video.video_id) for record in records]
     shard = write_shard(run.store, None, list(videos.values()), dtype=run.options.dtype)
     return shard, outcomes
 

@@ -20,6 +20,7 @@ from vidfeat.host import visible_gpus
 from vidfeat.options import RunOptions
 from vidfeat.pipeline.confighash import ConfigHashes, Describe, Description, describe_specs
 from vidfeat.pipeline.corpus import Rejected, VideoSource, fingerprint, scan
+from vidfeat.pipeline.records import TaskReport
 from vidfeat.pipeline.sources import remote_fingerprint
 from vidfeat.storage.index import StoreIndex
 from vidfeat.storage.lock import StoreLock
@@ -47,10 +48,22 @@ class RunReport:
     kept_float16: int = 0
     #: the workers' reads of videos by URL or in tars: requests, bytes, retries (remote.py)
     remote: dict[str, int] = field(default_factory=dict)
+    #: the file of each video the run extracts or refuses (failures and skips name it)
+    paths: dict[str, str] = field(default_factory=dict)
+    #: per feature, the rows of the videos it extracted and their model seconds
+    rows: dict[str, int] = field(default_factory=dict)
+    model_seconds: dict[str, float] = field(default_factory=dict)
 
-    def add(self, outcomes: list[Outcome], frames: int = 0) -> None:
+    def add(self, outcomes: list[Outcome]) -> None:
         self.outcomes += outcomes
-        self.frames += frames
+
+    def add_task(self, task: TaskReport) -> None:
+        self.outcomes += task.outcomes
+        self.frames += task.frames
+        for name, rows in task.rows.items():
+            self.rows[name] = self.rows.get(name, 0) + rows
+        for name, seconds in task.model_seconds.items():
+            self.model_seconds[name] = self.model_seconds.get(name, 0.0) + seconds
 
     @property
     def failed(self) -> list[Outcome]:
@@ -229,7 +242,8 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
             held.release()
         raise
     report = RunReport(videos=len(videos) + len(corpus.rejected),
-                       random_weights=options.random_weights)
+                       random_weights=options.random_weights,
+                       paths={rejected.video_id: rejected.path for rejected in corpus.rejected})
     todo = []
     for video in videos:
         try:
@@ -242,19 +256,20 @@ def prepare_run(sources: list[str], store: str | Path, options: RunOptions, *,
                 names = list(hashes) if options.overwrite else _features_to_extract(
                     video, index, hashes)
         except ConfigError as error:
-            report.add([Outcome(video.video_id, name, Status.FAILED, str(error),
-                                source_path=video.path) for name in hashes])
+            report.add([Outcome(video.video_id, name, Status.FAILED, str(error))
+                        for name in hashes])
+            report.paths[video.video_id] = video.path
             continue
         if names:
             todo.append((video, names))
+            report.paths[video.video_id] = video.path
         else:
             if options.dtype == "float32" and any(  # rows are not extracted again for a dtype
                     entry.dtype == "float16"
                     for entry in index.video_features(video.video_id).values()):
                 report.kept_float16 += 1
             report.up_to_date += 1
-            report.add([Outcome(video.video_id, name, Status.UP_TO_DATE, source_path=video.path)
-                        for name in hashes])
+            report.add([Outcome(video.video_id, name, Status.UP_TO_DATE) for name in hashes])
     if options.limit is not None and len(todo) > options.limit:
         # the first N videos still to do, not the first N found: a nightly --limit advances
         report.beyond_limit = len(todo) - options.limit

@@ -39,6 +39,21 @@ class TaskReport:
     parts: list[SegmentPart] = field(default_factory=list)
     frames: int = 0
     seconds: float = 0.0
+    #: per feature, the rows of the videos it extracted and their model seconds (their rows'
+    #: share of their batches; decoding serves every feature of a video and is not counted)
+    rows: dict[str, int] = field(default_factory=dict)
+    model_seconds: dict[str, float] = field(default_factory=dict)
+
+    def add_video(self, video_id: str, records: list[FeatureRecord],
+                  model_seconds: dict[str, float]) -> None:
+        """A finished video's outcomes, and what its extracted features gave and cost."""
+        for record in records:
+            self.outcomes.append(record.outcome(video_id))
+            if record.status == Status.OK and record.data is not None:
+                name = record.feature
+                self.rows[name] = self.rows.get(name, 0) + len(record.data)
+                self.model_seconds[name] = (self.model_seconds.get(name, 0.0)
+                                            + model_seconds.get(name, 0.0))
 
 
 def feature_attrs(extractor: Extractor, padded: bool = False,
@@ -77,11 +92,3 @@ def reason_of(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     first = text[0] if text else ""
     return first if isinstance(error, VidfeatError) else f"{type(error).__name__}: {first}"
-
-
-def outcomes(unit: WorkUnit, records: list[FeatureRecord],
-             model_seconds: dict[str, float]) -> list[Outcome]:
-    return [Outcome(unit.video.video_id, record.feature, record.status, record.reason,
-                    0 if record.data is None else len(record.data),
-                    model_seconds.get(record.feature, 0.0), unit.video.path)
-            for record in records]

@@ -67,7 +67,8 @@ def _run_prepared(run: PreparedRun, cluster: _Cluster, stack: contextlib.ExitSta
         write_report(run.store, build_report(
             run.report.outcomes, started=started, ended=time.time(), command=sys.argv,
             configuration=configuration, exit_code=exit_code, interrupted=interrupted,
-            videos_total=run.report.videos, remote=run.report.remote))
+            videos_total=run.report.videos, remote=run.report.remote, rows=run.report.rows,
+            model_seconds=run.report.model_seconds, paths=run.report.paths))
 
     stop = threading.Event()
     try:

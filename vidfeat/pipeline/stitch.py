@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vidfeat.pipeline.records import SegmentPart, TaskReport, outcomes
+from vidfeat.pipeline.records import SegmentPart, TaskReport
 from vidfeat.storage.schema import FeatureRecord, Status, VideoRecord
 from vidfeat.storage.writer import write_shard
 
@@ -66,6 +66,7 @@ def stitch_and_write(parts: list[SegmentPart], modality: dict[str, str], store: 
     for part in parts:
         for name, seconds in part.model_seconds.items():
             model_seconds[name] = model_seconds.get(name, 0.0) + seconds
-    return TaskReport(outcomes=outcomes(unit, video.features, model_seconds), shards=[shard],
-                      frames=sum(part.frames for part in parts),
-                      seconds=sum(part.seconds for part in parts))
+    report = TaskReport(shards=[shard], frames=sum(part.frames for part in parts),
+                        seconds=sum(part.seconds for part in parts))
+    report.add_video(unit.video.video_id, video.features, model_seconds)
+    return report

@@ -103,19 +103,15 @@ def failures_listing(path: str | Path) -> str:
     another file) from its report: storing such a failure under the id would hide the other
     file's rows. Empty when none failed."""
     with open_store(path) as store:
-        lines, listed = [], set()
-        for entry in sorted(store.entries(), key=lambda e: (e.video_id, e.feature)):
-            if entry.status == Status.FAILED:
-                source = store.attrs(entry.video_id).get("source_path", "")
-                lines.append(f"{entry.video_id}\t{entry.feature}\t{entry.reason}\t{source}")
-                listed.add((entry.video_id, entry.feature))
+        failed = [(outcome, store.attrs(outcome.video_id).get("source_path", ""))
+                  for outcome in store.failures() if outcome.status == Status.FAILED]
         merged = store.merged
     newest = None if merged else newest_report(path)
-    for failure in newest.failures if newest else []:
-        if (failure["video_id"], failure["feature"]) not in listed:
-            lines.append("\t".join(failure[key] for key in ("video_id", "feature", "reason",
-                                                              "source_path")))
-    return "\n".join(lines)
+    listed = {(outcome.video_id, outcome.feature) for outcome, _ in failed}
+    failed += [(outcome, source) for outcome, source in (newest.failed() if newest else [])
+               if (outcome.video_id, outcome.feature) not in listed]
+    return "\n".join(f"{outcome.video_id}\t{outcome.feature}\t{outcome.reason}\t{source}"
+                     for outcome, source in failed)
 
 
 def runs_listing(path: str | Path) -> str:

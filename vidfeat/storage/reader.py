@@ -34,8 +34,8 @@ from vidfeat.storage.schema import (
     INDEX_NODE,
     MERGED_FORMAT,
     VIDEOS_GROUP,
-    Failure,
     FeatureEntry,
+    Outcome,
     Status,
 )
 from vidfeat.storage.store_dir import readable_store
@@ -114,11 +114,10 @@ class FeatureStore:
         """Every (video, feature) the store knows, failures included, streamed."""
         return self._lookup().iter_entries()
 
-    def failures(self) -> list[Failure]:
-        """Every failed or skipped feature: ``Failure(video_id, feature, status, reason)`` (a
+    def failures(self) -> list[Outcome]:
+        """Every failed or skipped feature: ``Outcome(video_id, feature, status, reason)`` (a
         named tuple: ``for video_id, feature, status, reason in store.failures()``)."""
-        return sorted(Failure(e.video_id, e.feature, Status(e.status), e.reason)
-                      for e in self.iter_entries() if e.status != Status.OK)
+        return sorted(e.outcome for e in self.iter_entries() if e.status != Status.OK)
 
     def get(self, video_id: str, feature: str,
             dtype: npt.DTypeLike | None = np.float32) -> np.ndarray:

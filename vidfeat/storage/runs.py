@@ -22,7 +22,7 @@ import json
 import os
 import socket
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,6 +58,11 @@ class RunRecord:
     #: reads of videos by URL or in tars: {"requests", "bytes", "retries"} ({}: none)
     remote: dict[str, int] = field(default_factory=dict)
 
+    def failed(self) -> list[tuple[Outcome, str]]:
+        """The run's failures, each with its video's file."""
+        return [(Outcome(f["video_id"], f["feature"], Status.FAILED, f["reason"]),
+                 f["source_path"]) for f in self.failures]
+
     def line(self) -> str:
         """One line for ``inspect --runs``."""
         counts = self.videos
@@ -75,10 +80,16 @@ class RunRecord:
 def build_report(outcomes: Iterable[Outcome], *, started: float, ended: float,
                  command: list[str], configuration: dict[str, Any],
                  exit_code: int | None = None, interrupted: bool = False,
-                 videos_total: int = 0, remote: dict[str, int] | None = None) -> RunRecord:
+                 videos_total: int = 0, remote: dict[str, int] | None = None,
+                 rows: Mapping[str, int] | None = None,
+                 model_seconds: Mapping[str, float] | None = None,
+                 paths: Mapping[str, str] | None = None) -> RunRecord:
     """The report of a run from its outcomes; ``started``/``ended`` are ``time.time()``;
-    ``videos_total``: the run's videos, with those that have no outcome yet."""
+    ``videos_total``: the run's videos, with those that have no outcome yet; ``rows`` and
+    ``model_seconds``: per feature, what its extracted videos gave and cost; ``paths``: the
+    file of each video a failure or skip names."""
     outcomes = list(outcomes)
+    paths = paths or {}
     by_video: dict[str, set[str]] = defaultdict(set)
     features: dict[str, int] = {"ok": 0, "up_to_date": 0, "skipped": 0, "failed": 0}
     spent: dict[str, dict[str, float]] = defaultdict(lambda: {"videos": 0, "rows": 0,
@@ -88,16 +99,16 @@ def build_report(outcomes: Iterable[Outcome], *, started: float, ended: float,
         by_video[outcome.video_id].add(outcome.status)
         features[outcome.status] = features.get(outcome.status, 0) + 1
         listed = {"video_id": outcome.video_id, "feature": outcome.feature,
-                  "reason": outcome.reason, "source_path": outcome.source_path}
+                  "reason": outcome.reason, "source_path": paths.get(outcome.video_id, "")}
         if outcome.status == Status.FAILED:
             failures.append(listed)
         elif outcome.status == Status.SKIPPED:
             skips.append(listed)
         elif outcome.status == Status.OK:
-            totals = spent[outcome.feature]
-            totals["videos"] += 1
-            totals["rows"] += outcome.rows
-            totals["seconds"] += outcome.seconds
+            spent[outcome.feature]["videos"] += 1
+    for name, totals in spent.items():
+        totals["rows"] = (rows or {}).get(name, 0)
+        totals["seconds"] = (model_seconds or {}).get(name, 0.0)
     total = max(videos_total, len(by_video))
     videos = {"total": total, "done": 0, "up_to_date": 0, "skipped": 0, "failed": 0,
               "not_started": total - len(by_video)}

@@ -62,18 +62,21 @@ class Status(StrEnum):
     UP_TO_DATE = "up_to_date"  # a run's outcome only: the store already held it
 
 
-class Failure(NamedTuple):
-    """A failed or skipped feature, as ``FeatureStore.failures()`` lists them."""
+class Outcome(NamedTuple):
+    """What became of one feature of one video: the one record of it that a worker reports, a
+    run report lists, ``FeatureStore.failures()`` returns and ``inspect --failures`` prints (a
+    named tuple: ``for video_id, feature, status, reason in store.failures()``)."""
 
     video_id: str
     feature: str
     status: Status
-    reason: str
+    reason: str = ""
 
 
 @dataclass
 class FeatureRecord:
-    """One feature of one video: rows and their time spans, or why there are none."""
+    """One feature of one video as a worker writes it: its outcome's status and reason, and
+    the rows with their time spans."""
 
     feature: str
     status: Status
@@ -81,6 +84,9 @@ class FeatureRecord:
     data: np.ndarray | None = None  # [N, D]
     times: np.ndarray | None = None  # [N, 2] seconds
     attrs: dict[str, Any] = field(default_factory=dict)
+
+    def outcome(self, video_id: str) -> Outcome:
+        return Outcome(video_id, self.feature, self.status, self.reason)
 
     def __post_init__(self) -> None:
         if self.status == Status.OK:
@@ -101,25 +107,10 @@ class VideoRecord:
     features: list[FeatureRecord]
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one feature of one video in one run: what the progress bar, the run
-    report and the failure ledger all read."""
-
-    video_id: str
-    feature: str
-    status: Status
-    reason: str = ""
-    rows: int = 0
-    #: model seconds: its rows' share of their batches (a split video: its segments summed;
-    #: 0 for up_to_date). Decoding serves every feature of a video and is not counted.
-    seconds: float = 0.0
-    source_path: str = ""
-
-
 @dataclass(frozen=True, slots=True)
 class FeatureEntry:
-    """What the index knows about one (video, feature): where it is and what it holds."""
+    """What the index knows about one (video, feature): its outcome, where its rows are and
+    what they hold."""
 
     video_id: str
     feature: str
@@ -133,6 +124,10 @@ class FeatureEntry:
     # a field added later needs a default, so merged files written before it still read
     random_weights: bool = False
     weights_sha256: str = ""
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome(self.video_id, self.feature, Status(self.status), self.reason)
 
 
 @dataclass(frozen=True)
