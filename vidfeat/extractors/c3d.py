@@ -24,12 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidfeat.errors import ConfigError, WeightsError
+from vidfeat.extractors import checks
 from vidfeat.extractors.base import ClipSampler, Extractor, Sampler
+from vidfeat.extractors.checks import C3D_CLIP_LEN as CLIP_LEN
+from vidfeat.extractors.checks import C3D_LAYERS as LAYERS
 from vidfeat.extractors.weights import LoadedWeights, sha256_file
 from vidfeat.media.frames import Frame
 from vidfeat.media.probe import MediaInfo
 
-CLIP_LEN = 16
 RESIZE = (128, 171)  # height, width
 CROP = 112
 # the Caffe layer's test-time offsets use integer division: (128-112)//2 = 8 and
@@ -42,7 +44,6 @@ SPORTS1M_CLASSES = 487
 FC_DIM = 4096
 PCA_WEIGHTS = "c3d-pca-activitynet"
 PCA_DIM = 500
-LAYERS = ("fc6", "fc7")
 
 
 def _conv(in_channels: int, out_channels: int) -> nn.Conv3d:
@@ -122,20 +123,10 @@ class C3DExtractor(Extractor):
     def __init__(self, *, layer: str | None = None, stride: int = CLIP_LEN,
                  mean_file: str | Path | None = None, pca: bool = False) -> None:
         super().__init__()
-        if not isinstance(pca, bool):
-            raise ConfigError(f"c3d: pca must be True or False, got {pca!r}")
-        if layer is None:
-            layer = "fc7" if pca else "fc6"
-        if layer not in LAYERS:
-            raise ConfigError(f"c3d: layer must be one of {', '.join(LAYERS)}, got {layer!r}")
-        if pca and layer != "fc7":
-            raise ConfigError("c3d: the ActivityNet PCA was fitted to fc7 features: "
-                              "use layer='fc7' (the default with pca=True)")
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-            raise ConfigError(f"c3d: stride must be a positive integer, got {stride!r}")
-        self.layer = layer
-        self.stride = stride
-        self.pca = pca
+        checked = checks.c3d(layer=layer, stride=stride, mean_file=mean_file, pca=pca)
+        self.layer = checked["layer"]
+        self.stride = checked["stride"]
+        self.pca = checked["pca"]
         if mean_file is None:
             mean = torch.tensor(SPORTS1M_MEAN_BGR).view(3, 1, 1, 1).expand(3, CLIP_LEN, *RESIZE)
             self._mean_identity: dict[str, Any] = {"mean": list(SPORTS1M_MEAN_BGR)}

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from vidfeat.errors import ConfigError
+from vidfeat.extractors.checks import BUILTIN_CHECKS
 
 if TYPE_CHECKING:
     from vidfeat.extractors.base import Extractor
@@ -58,14 +59,36 @@ def get_extractor(name: str) -> type[Extractor]:
     return getattr(importlib.import_module(module), attribute)
 
 
-def check_options(name: str, options: Mapping[str, Any]) -> None:
+def check_option_names(name: str, options: Mapping[str, Any]) -> None:
     """ConfigError naming the extractor, each option it does not take and those it does (the
     constructor's TypeError names its class and no valid option)."""
-    parameters = inspect.signature(get_extractor(name).__init__).parameters.values()
-    valid = [p.name for p in parameters if p.name != "self"
+    parameters = inspect.signature(_rules(name) or get_extractor(name).__init__).parameters
+    valid = [p.name for p in parameters.values() if p.name != "self"
              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)] + list(RUN_OPTION_OVERRIDES)
     unknown = [option for option in options if option not in valid]
     if unknown:
         raise ConfigError(f"unknown option{'s' if len(unknown) > 1 else ''} "
                           f"{', '.join(map(repr, unknown))} for extractor {name}; "
                           f"valid options: {', '.join(valid)}")
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """``check_option_names``, then the values: a built-in extractor's by its torch-free
+    rules (``checks.py``, what the driver uses), one registered with ``register_extractor``
+    (already imported) by building it."""
+    check_option_names(name, options)
+    values = {key: value for key, value in options.items() if key not in RUN_OPTION_OVERRIDES}
+    rules = _rules(name)
+    try:
+        if rules is not None:
+            rules(**values)
+        else:
+            get_extractor(name)(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{name}: bad option: {error}") from error
+
+
+def _rules(name: str) -> Callable[..., dict[str, Any]] | None:
+    return BUILTIN_CHECKS.get(name) if name not in _REGISTERED else None

@@ -8,7 +8,6 @@ computes the feature.
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any
 
@@ -19,7 +18,7 @@ from torchvision.models import resnet152
 from torchvision.transforms._presets import ImageClassification
 from torchvision.transforms.functional import resize
 
-from vidfeat.errors import ConfigError
+from vidfeat.extractors import checks
 from vidfeat.extractors.base import (
     Extractor,
     FeatureNode,
@@ -27,15 +26,10 @@ from vidfeat.extractors.base import (
     Sampler,
     resize_per_channel,
 )
+from vidfeat.extractors.checks import RESNET_VERSIONS
 from vidfeat.media.frames import Frame
 from vidfeat.media.probe import MediaInfo, count_frames
 
-# weights version -> (weights registry name, resize of the shorter side), from torchvision's
-# ResNet152_Weights.IMAGENET1K_V1 / _V2 transforms(); both centre-crop 224
-_VERSIONS = {
-    "v1": ("resnet152-imagenet1k-v1", 256),
-    "v2": ("resnet152-imagenet1k-v2", 232),
-}
 CROP_SIZE = 224
 FEATURE_NODE = "flatten"
 
@@ -52,32 +46,17 @@ class ResNet152Extractor(Extractor):
     def __init__(self, *, weights_version: str = "v1", fps: float | None = None,
                  frames: int | None = None) -> None:
         super().__init__()
-        if weights_version not in _VERSIONS:
-            raise ConfigError(
-                f"resnet152: weights_version must be one of {', '.join(_VERSIONS)}, "
-                f"got {weights_version!r}"
-            )
-        if fps is not None and frames is not None:
-            raise ConfigError("resnet152: give fps or frames, not both")
-        if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int)
-                                   or frames < 1):
-            raise ConfigError(f"resnet152: frames must be a positive integer, got {frames!r}")
-        if frames is None:
-            fps = 1.0 if fps is None else fps
-            if (isinstance(fps, bool) or not isinstance(fps, (int, float))
-                    or not math.isfinite(fps) or fps <= 0):
-                raise ConfigError(f"resnet152: fps must be a positive number, got {fps!r}")
-            fps = float(fps)
-        self.weights_version = weights_version
-        self.fps = fps
-        self.frames = frames
-        resize_size = _VERSIONS[weights_version][1]
+        checked = checks.resnet152(weights_version=weights_version, fps=fps, frames=frames)
+        self.weights_version = checked["weights_version"]
+        self.fps = checked["fps"]
+        self.frames = checked["frames"]
+        resize_size = RESNET_VERSIONS[weights_version][1]
         self.transform = ImageClassification(crop_size=CROP_SIZE, resize_size=resize_size)
 
     @property
     def weights_name(self) -> str:
         """The weights registry entry these options need (v1 and v2 differ)."""
-        return _VERSIONS[self.weights_version][0]
+        return RESNET_VERSIONS[self.weights_version][0]
 
     @property
     def feature_dim(self) -> int:

@@ -33,9 +33,9 @@ class ExtractorSpec:
         check_precision(self.precision)
 
     def build(self) -> Extractor:
-        from vidfeat.extractors.registry import check_options, get_extractor
+        from vidfeat.extractors.registry import check_option_names, get_extractor
 
-        check_options(self.name, self.options)
+        check_option_names(self.name, self.options)
         try:
             extractor = get_extractor(self.name)(**self.options)
         except TypeError as error:

@@ -22,7 +22,8 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct
 
-from vidfeat.errors import ConfigError, WeightsError
+from vidfeat.errors import WeightsError
+from vidfeat.extractors import checks
 from vidfeat.extractors.base import Extractor, Item
 from vidfeat.extractors.vggish_mel import (
     EXAMPLE_FRAMES,
@@ -48,8 +49,6 @@ __all__ = ["AudioExamples", "PcaParams", "VGGish", "VGGishNet", "postprocess_emb
 EMBEDDING_SIZE = 128
 PCA_WEIGHTS = "vggish-pca-audioset"
 QUANTIZE_MIN, QUANTIZE_MAX = -2.0, 2.0
-#: example hops allowed, seconds: the reference's 0.96, or YouTube-8M's one per second
-HOPS = (0.96, 1.0)
 
 
 class VGGishNet(nn.Module):
@@ -177,13 +176,8 @@ class VGGish(Extractor):
     def __init__(self, *, hop: float = 0.96, relu: bool = False, postprocess: bool = False,
                  pad_short: bool = True) -> None:
         super().__init__()
-        if isinstance(hop, bool) or not isinstance(hop, (int, float)) or float(hop) not in HOPS:
-            raise ConfigError(f"vggish hop must be 0.96 or 1.0 seconds, got {hop!r}")
-        for option, value in (("relu", relu), ("postprocess", postprocess),
-                              ("pad_short", pad_short)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"vggish {option} must be true or false, got {value!r}")
-        self.hop = float(hop)
+        checked = checks.vggish(hop=hop, relu=relu, postprocess=postprocess, pad_short=pad_short)
+        self.hop = checked["hop"]
         self.hop_frames = round(self.hop * FRAMES_PER_SECOND)
         self.relu = relu
         self.postprocess = postprocess

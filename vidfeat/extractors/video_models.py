@@ -21,7 +21,7 @@ from torchvision.models import video
 from torchvision.transforms._presets import VideoClassification
 from torchvision.transforms.functional import resize
 
-from vidfeat.errors import ConfigError
+from vidfeat.extractors import checks
 from vidfeat.extractors.base import (
     ClipSampler,
     Extractor,
@@ -41,21 +41,14 @@ class _TorchvisionVideoExtractor(Extractor):
     feature_node: ClassVar[str]  # the traced graph node whose output the feature is made of
     resize_size: ClassVar[tuple[int, int]]
     crop_size: ClassVar[tuple[int, int]]
-    min_clip_len: ClassVar[int] = 1
     feature_size: ClassVar[int]
     builder: ClassVar[Callable[[], nn.Module]]  # torchvision's model builder, no weights
 
     def __init__(self, *, clip_len: int = 16, stride: int = 16) -> None:
         super().__init__()
-        for option, value in (("clip_len", clip_len), ("stride", stride)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{self.name}: {option} must be a positive integer, "
-                                  f"got {value!r}")
-        if clip_len < self.min_clip_len:
-            raise ConfigError(f"{self.name} needs clips of at least {self.min_clip_len} frames, "
-                              f"got clip_len={clip_len}")
-        self.clip_len = clip_len
-        self.stride = stride
+        checked = checks.video_model(self.name, clip_len=clip_len, stride=stride)
+        self.clip_len = checked["clip_len"]
+        self.stride = checked["stride"]
         self.transform = VideoClassification(crop_size=self.crop_size,
                                              resize_size=self.resize_size)
 
@@ -137,7 +130,6 @@ class S3DExtractor(_TorchvisionVideoExtractor):
     feature_node = "avgpool"
     resize_size = (256, 256)
     crop_size = (224, 224)
-    min_clip_len = 14  # S3D_Weights.KINETICS400_V1.meta["min_temporal_size"]
     feature_size = 1024
     builder = video.s3d
 

@@ -155,21 +155,15 @@ def job_from_document(document: Any, origin: str, base: Path, text: str = "") ->
 
 
 def _check_features(run: dict[str, Any], origin: str) -> None:
-    """Extractor names and options checked now, so the error names the job file's key."""
-    from vidfeat.extractors.registry import check_options, get_extractor
+    """Extractor names and options checked now (torch-free), so the error names the job
+    file's key."""
+    from vidfeat.extractors.registry import check_extractor_name, check_options
 
     for name in run["features"]:
         try:
-            extractor = get_extractor(name)
+            check_extractor_name(name)
+            check_options(name, run.get("extractor_options", {}).get(name, {}))
         except ConfigError as error:
-            raise ConfigError(f"{origin}: features.{name}: {error}") from None
-        options = dict(run.get("extractor_options", {}).get(name, {}))
-        options.pop("precision", None)  # run options a feature may override
-        options.pop("compile", None)
-        try:
-            check_options(name, options)
-            extractor(**options)
-        except (TypeError, ValueError) as error:
             raise ConfigError(f"{origin}: features.{name}: {error}") from None
 
 

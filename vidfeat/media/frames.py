@@ -10,6 +10,7 @@ end the container header promises, so every backend gives the same frames and th
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import threading
 from collections.abc import Iterator
 from contextlib import closing
@@ -104,21 +105,37 @@ def last_line(error: BaseException) -> str:
 
 
 def check_decoder(decoder: str) -> None:
-    """Raise ConfigError unless ``decoder`` names a backend whose package imports (for the
-    driver, before any worker starts: ``iter_frames`` raises it only when first iterated)."""
-    _backend(decoder)
+    """Raise ConfigError unless ``decoder`` names a backend whose package is installed, found
+    without importing it (torchcodec imports torch): for the driver, before any worker starts.
+    A package that is installed yet does not import fails each video with the reason, from
+    ``iter_frames`` when first iterated, on the workers."""
+    _known(decoder)
+    try:
+        found = importlib.util.find_spec(_PACKAGES[decoder]) is not None
+    except (ImportError, ValueError, AttributeError):  # set to None in sys.modules: blocked
+        found = False
+    if not found:
+        raise _missing(decoder, "not installed")
+
+
+def _known(decoder: str) -> None:
+    if decoder not in DECODERS:
+        raise ConfigError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
+
+
+def _missing(decoder: str, why: str) -> ConfigError:
+    package = _PACKAGES[decoder]
+    return ConfigError(f"decoder {decoder!r} needs the {package} package, which does not "
+                       f"import ({why}): pip install {package} (or pip install "
+                       f"'vidfeat[decoders]')")
 
 
 def _backend(decoder: str) -> Any:
-    if decoder not in DECODERS:
-        raise ConfigError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
+    _known(decoder)
     try:
         importlib.import_module(_PACKAGES[decoder])
     except ImportError as error:
-        raise ConfigError(
-            f"decoder {decoder!r} needs the {_PACKAGES[decoder]} package, which does not import "
-            f"({error}): pip install {_PACKAGES[decoder]} (or pip install 'vidfeat[decoders]')"
-        ) from error
+        raise _missing(decoder, str(error)) from error
     return importlib.import_module(f"vidfeat.media.decode_{decoder}")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vidfeat.errors import ConfigError, ExitCode
 from vidfeat.extractors.precision import check_precision
-from vidfeat.extractors.registry import check_extractor_name
+from vidfeat.extractors.registry import check_extractor_name, check_options
 from vidfeat.extractors.spec import ExtractorSpec
 from vidfeat.host import visible_gpus
 from vidfeat.options import RunOptions
@@ -155,6 +155,7 @@ def extractor_specs(options: RunOptions) -> dict[str, ExtractorSpec]:
     specs = {}
     for name in options.features:
         check_extractor_name(name)  # now, not on a worker once the cluster has started
+        check_options(name, options.extractor_options.get(name, {}))
         extractor_options = dict(options.extractor_options.get(name, {}))
         # precision is a run option that a feature may override: --set c3d.precision=bf16
         precision = check_precision(extractor_options.pop("precision", options.precision))
