@@ -103,7 +103,8 @@ DRIVER_MODULES = ["vidfeat.cli", "vidfeat.pipeline.run", "vidfeat.pipeline.prepa
                   "vidfeat.pipeline.records", "vidfeat.pipeline.stitch",
                   "vidfeat.pipeline.corpus", "vidfeat.pipeline.confighash", "vidfeat.jobs.jobfile",
                   "vidfeat.jobs.submit", "vidfeat.jobs.cluster", "vidfeat.storage.index",
-                  "vidfeat.storage.runs", "vidfeat.storage.inspect", "vidfeat.extractors.spec"]
+                  "vidfeat.storage.runs", "vidfeat.storage.inspect", "vidfeat.extractors.spec",
+                  "vidfeat.extractors.registry", "vidfeat.extractors.checks"]
 
 
 @pytest.mark.slow
