@@ -105,11 +105,13 @@ def test_segments_stitch_into_the_unsplit_rows(videos: dict[str, Path], tmp_path
     np.testing.assert_allclose(feature.times, times, rtol=0, atol=1e-9)
     np.testing.assert_allclose(feature.data, data, rtol=1e-4, atol=1e-4 * np.abs(data).max())
     # the run report's throughput counts a split video's model time, as an unsplit one's
-    (outcome,) = stitch_and_write(split.parts, {name: pool.get(name).modality}, str(store),
-                                  "float32").outcomes
-    assert outcome.rows == len(data)
-    assert outcome.seconds > 0
-    assert outcome.seconds == pytest.approx(sum(p.model_seconds[name] for p in split.parts))
+    written = stitch_and_write(split.parts, {name: pool.get(name).modality}, str(store),
+                               "float32")
+    assert [outcome.status for outcome in written.outcomes] == ["ok"]
+    assert written.rows == {name: len(data)}
+    assert written.model_seconds[name] > 0
+    assert written.model_seconds[name] == pytest.approx(
+        sum(p.model_seconds[name] for p in split.parts))
 
 
 def _read_records(store: Path, shard: str) -> list[tuple[np.ndarray, np.ndarray]]:
