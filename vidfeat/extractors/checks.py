@@ -39,7 +39,7 @@ def _positive_int(value: object) -> bool:
 
 def resnet152(*, weights_version: str = "v1", fps: float | None = None,
               frames: int | None = None) -> dict[str, Any]:
-    if weights_version not in RESNET_VERSIONS:
+    if not isinstance(weights_version, str) or weights_version not in RESNET_VERSIONS:
         raise ConfigError(f"resnet152: weights_version must be one of "
                           f"{', '.join(RESNET_VERSIONS)}, got {weights_version!r}")
     if fps is not None and frames is not None:
@@ -87,8 +87,9 @@ def video_model(name: str, *, clip_len: int = 16, stride: int = 16) -> dict[str,
     for option, value in (("clip_len", clip_len), ("stride", stride)):
         if not _positive_int(value):
             raise ConfigError(f"{name}: {option} must be a positive integer, got {value!r}")
-    if clip_len < MIN_CLIP_LEN[name]:
-        raise ConfigError(f"{name} needs clips of at least {MIN_CLIP_LEN[name]} frames, "
+    shortest = MIN_CLIP_LEN.get(name, 1)
+    if clip_len < shortest:
+        raise ConfigError(f"{name} needs clips of at least {shortest} frames, "
                           f"got clip_len={clip_len}")
     return {"clip_len": clip_len, "stride": stride}
 
