@@ -1,4 +1,4 @@
-"""ResNet-152 frame features: v-iashin/video_features against `vidfeat extract`, side by side.
+r"""ResNet-152 frame features: v-iashin/video_features against `vidfeat extract`, side by side.
 
     python benchmarks/video_features_side_by_side.py --video-features DIR --python PATH
         [--videos 3] [--seconds 40] [--workers 2]
@@ -8,19 +8,31 @@ does), then times two whole commands on them, each in a fresh process:
 
 - video_features' ``main.py feature_type=resnet model_name=resnet152 device=cpu
   extraction_fps=1 on_extraction=save_numpy`` (its default batch size, 1). For each video
-  it re-encodes the video at 1 fps with ffmpeg, reads the frames with OpenCV and runs
+  it re-encodes the video at 1 fps with ffmpeg (default encoders, into ``tmp_path``), reads
+  the frames back with OpenCV (``cv2.VideoCapture``) and runs
   ResNet-152 on one frame at a time, through torchvision's IMAGENET1K_V1 transforms;
 - ``vidfeat extract DIR --features resnet152 --workers N`` (1 frame per second, the default).
 
 Pretrained weights cannot be downloaded on the machine this was written on, so both run with
 random weights: video_features through a runner that makes ``torchvision.models.get_model``
 build with ``weights=None`` (seeded), vidfeat with ``--random-weights``. The work, and so the
-time, is that of the real weights. Each program's rows per video are checked to agree (+-1).
+time, is that of the real weights. The checkout is not edited. Each video must have one
+video_features file of about ``--seconds`` rows of 2048 (it prints a video's error and goes
+on with exit status 0), and the two programs' rows per video must agree (+-1).
 
-Setup (PyPI only): a copy of https://github.com/v-iashin/video_features (DIR), and an
-interpreter with torch, torchvision, omegaconf and opencv-python-headless, e.g.
-``python -m venv /tmp/vf-env``, a ``.pth`` file in its site-packages naming vidfeat's venv
-site-packages, then ``/tmp/vf-env/bin/pip install omegaconf opencv-python-headless``.
+Setup (PyPI only), the exact commands in benchmarks/video_features_setup.sh: a copy of
+https://github.com/v-iashin/video_features at a2f61b7a (DIR), and an interpreter with torch,
+torchvision, omegaconf, opencv-python-headless and tqdm: ``python3 -m venv /tmp/vf-env``, a
+``.pth`` file in its site-packages naming vidfeat's venv site-packages (torch, torchvision,
+numpy and tqdm come from there), then ``/tmp/vf-env/bin/pip install omegaconf
+opencv-python-headless``. ffmpeg must be on PATH (video_features finds it with ``which``).
+The full measurement::
+
+    bash benchmarks/video_features_setup.sh
+    .venv/bin/python benchmarks/video_features_side_by_side.py \
+        --video-features /tmp/video_features --python /tmp/vf-env/bin/python \
+        --seconds 40 --videos 3 --workers 2
+
 Figures and machine: docs/benchmarks.md.
 """
 
@@ -52,14 +64,15 @@ runpy.run_path("main.py", run_name="__main__")
 """
 
 
-def timed(command: list[str], cwd: Path | None = None) -> float:
+def timed(command: list[str], cwd: Path | None = None) -> tuple[float, str]:
+    """Wall time of the whole command, and its output (stdout and stderr)."""
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])}...: exit {result.returncode}\n"
                            f"{result.stderr[-2000:]}")
-    return seconds
+    return seconds, result.stdout + result.stderr
 
 
 def main() -> None:
@@ -76,23 +89,30 @@ def main() -> None:
         corpus.mkdir()
         paths = [make_video(corpus / f"f{k}.mp4", args.seconds, "640x360")
                  for k in range(args.videos)]
-        theirs = timed([args.python, "-c", RUNNER, "feature_type=resnet",
-                        "model_name=resnet152", "device=cpu", "extraction_fps=1",
-                        "on_extraction=save_numpy", f"output_path={work / 'vf-out'}",
-                        f"tmp_path={work / 'vf-tmp'}",
-                        f"video_paths=[{','.join(str(p) for p in paths)}]"],
-                       cwd=args.video_features)
+        theirs_command = [
+            args.python, "-c", RUNNER, "feature_type=resnet", "model_name=resnet152",
+            "device=cpu", "extraction_fps=1", "on_extraction=save_numpy",
+            f"output_path={work / 'vf-out'}", f"tmp_path={work / 'vf-tmp'}",
+            f"video_paths=[{','.join(str(p) for p in paths)}]"]
+        theirs, log = timed(theirs_command, cwd=args.video_features)
         store = work / "store"
-        ours = timed([sys.executable, "-m", "vidfeat", "extract", str(corpus), "--store",
-                      str(store), "--features", "resnet152", "--random-weights",
-                      "--no-progress", "--workers", str(args.workers)])
+        ours, _ = timed([sys.executable, "-m", "vidfeat", "extract", str(corpus), "--store",
+                         str(store), "--features", "resnet152", "--random-weights",
+                         "--no-progress", "--workers", str(args.workers)])
         with open_store(store) as opened:
             for path in paths:
-                [saved] = (work / "vf-out").rglob(f"{path.stem}_resnet.npy")
-                rows = np.load(saved).shape
+                # video_features catches a video's error, prints it and goes on (exit 0):
+                # its output file is the proof that it did the work
+                saved = list((work / "vf-out").rglob(f"{path.stem}_resnet.npy"))
+                if len(saved) != 1:
+                    raise RuntimeError(f"{path.name}: {len(saved)} video_features files, "
+                                       f"not 1; its output:\n{log[-3000:]}")
+                rows = np.load(saved[0]).shape
                 mine = opened.get(path.stem, "resnet152").shape
-                if rows[1] != mine[1] or abs(rows[0] - mine[0]) > 1:
-                    raise RuntimeError(f"{path.name}: video_features {rows}, vidfeat {mine}")
+                if (rows[1:] != (2048,) or abs(rows[0] - args.seconds) > 1
+                        or mine[1:] != (2048,) or abs(rows[0] - mine[0]) > 1):
+                    raise RuntimeError(f"{path.name} ({args.seconds:g} s): video_features "
+                                       f"{rows}, vidfeat {mine}")
         print(f"resnet152 on {args.videos} x {args.seconds:.0f} s 640x360: video_features "
               f"{theirs:.1f} s, vidfeat extract ({args.workers} workers) {ours:.1f} s: "
               f"vidfeat takes {ours / theirs:.2f} of video_features' time")
