@@ -23,7 +23,6 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor
 
 from vidfeat.errors import ConfigError
 from vidfeat.extractors.compiled import CompiledNetwork, channels_last
@@ -208,6 +207,10 @@ class FeatureNode(nn.Module):
     output as a tensor: one module from input to feature, as export needs."""
 
     def __init__(self, model: nn.Module, node: str) -> None:
+        # here, not at the top: importing torchvision imports all of torchvision.models and
+        # torch._dynamo (1.4 s), which the C3D and VGGish workers never need
+        from torchvision.models.feature_extraction import create_feature_extractor
+
         super().__init__()
         # not "graph": an exported module has its own .graph, which the name would shadow
         self.extractor = create_feature_extractor(model, {node: "features"})

@@ -2,8 +2,8 @@
 preprocessing preset of those weights.
 
 The feature is ``flatten(avgpool(layer4))``, the 2048 values fed to ``fc``: the model keeps every
-layer (so the weights file loads with its ``fc.*`` keys) and a graph cut at the ``flatten`` node
-computes the feature.
+layer (so the weights file loads with its ``fc.*`` keys) and the network runs its layers in
+``ResNet.forward``'s order up to the ``flatten`` node.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from torchvision.transforms.functional import resize
 from vidfeat.extractors import checks
 from vidfeat.extractors.base import (
     Extractor,
-    FeatureNode,
     FrameSampler,
     Sampler,
     resize_per_channel,
@@ -80,7 +79,11 @@ class ResNet152Extractor(Extractor):
         return resnet152()
 
     def network(self) -> nn.Module:
-        return FeatureNode(super().network(), FEATURE_NODE)
+        # the layers in ResNet.forward's order, fc left out: the same module calls as
+        # FeatureNode's graph cut at "flatten", without its 0.6 s of tracing per worker
+        model = super().network()
+        return nn.Sequential(*(layer for name, layer in model.named_children() if name != "fc"),
+                             nn.Flatten(1))
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:
         return self.run_network(batch).float().cpu().numpy()

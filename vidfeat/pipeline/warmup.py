@@ -1,8 +1,8 @@
 """A worker preload (``dask worker --preload vidfeat.pipeline.warmup``; vidfeat's own
-clusters add it): the worker imports torch, torchvision and the extractor contract in a
-background thread as soon as it starts (the model modules of the run follow on its first
-task), while the driver still prepares the run, so that its first task
-(describing the extractors, or extracting) does not wait several seconds for them."""
+clusters add it): the worker imports torch and the extractor contract in a background thread
+as soon as it starts, while the driver still prepares the run, so that its first task
+(describing the extractors, or extracting) does not wait seconds for them. The model modules
+of the run follow when its models load; torchvision, which only some of them use, with them."""
 
 from __future__ import annotations
 
