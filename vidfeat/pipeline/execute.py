@@ -21,9 +21,9 @@ from vidfeat.options import RunOptions
 from vidfeat.pipeline.corpus import VideoSource, video_attrs
 from vidfeat.pipeline.plan import (
     MIN_BYTES_PER_SECOND,
-    TYPICAL_BYTES_PER_SECOND,
     Task,
     WorkUnit,
+    media_seconds,
     pack,
     segments,
     task_seconds,
@@ -256,12 +256,13 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
     """Cut the work into tasks: packs of units, and one task per segment of a long video (a
     list of WorkUnit of length one, see _run_tasks). Planning reads file sizes only: a video is
     probed where its task decodes it, except the files large enough to need splitting (all
-    of them under --segment-seconds), probed first in tasks of their own. Those are waited
-    for as the model tasks are: a probe running past ``task_timeout`` fails its videos, and
-    once ``stop`` is set (Ctrl-C) nothing is planned: the rerun starts over."""
+    of them under --segment-seconds), probed first in tasks of their own, whose durations
+    then size the tasks. Those are waited for as the model tasks are: a probe running past
+    ``task_timeout`` fails its videos, and once ``stop`` is set (Ctrl-C) nothing is planned:
+    the rerun starts over."""
     modality = {name: d.modality for name, d in run.descriptions.items()}
     sizes = [_size(video) for video, _ in run.todo]
-    seconds = task_seconds(sum(sizes) / TYPICAL_BYTES_PER_SECOND, slots,
+    seconds = task_seconds(media_seconds(sizes, [None] * len(sizes)), slots,
                            run.options.segment_seconds)
     splittable = 1.5 * seconds * MIN_BYTES_PER_SECOND
     # --segment-seconds sizes every task by media seconds: all videos are probed first
@@ -273,6 +274,13 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
                                            stop, task_timeout), strict=True))
     if stop.is_set():
         return []
+    # the probed files' durations replace their sizes' guess: a corpus of high-bitrate files
+    # is otherwise planned in tasks so long that its long videos are not split (measured on
+    # benchmarks/throughput.py's corpus: its 600 s video was one task, whose worker finished
+    # 9 s after the other)
+    durations = [info.duration if info is not None else None for info, _, _ in
+                 (probed.get(position, (None, None, "")) for position in range(len(sizes)))]
+    seconds = task_seconds(media_seconds(sizes, durations), slots, run.options.segment_seconds)
     units: list[WorkUnit] = []
     long_videos = []
     alignment = _clip_alignment(run)

@@ -5,6 +5,7 @@ rows of an unsplit run (see ``stitch.py``)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -89,6 +90,13 @@ class Task:
     @property
     def seconds(self) -> float:
         return sum(unit.seconds for unit in self.units)
+
+
+def media_seconds(sizes: Sequence[int], durations: Sequence[float | None]) -> float:
+    """The corpus's seconds of media, for sizing its tasks: a probed video's duration, an
+    unprobed one's (``None``) guessed from its size at ``TYPICAL_BYTES_PER_SECOND``."""
+    return sum(size / TYPICAL_BYTES_PER_SECOND if duration is None else duration
+               for size, duration in zip(sizes, durations, strict=True))
 
 
 def task_seconds(total_seconds: float, slots: int, segment_seconds: float | None = None
