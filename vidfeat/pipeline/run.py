@@ -10,10 +10,12 @@ Ctrl-C (the first stops submitting, the second stops at once), per-task timeouts
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -169,16 +171,21 @@ def _first_interrupt_stops(stop: threading.Event) -> Iterator[None]:
 
     def on_interrupt(signum: int, frame: Any) -> None:
         if stop.is_set():
-            raise KeyboardInterrupt
+            _stop_at_once(signum, frame)
+            return
         stop.set()
         print(f"\nvidfeat: interrupted: finishing the tasks in flight (Ctrl-C again to stop "
               f"at once); {RESUME_HINT}", file=sys.stderr, flush=True)
 
+    terminated = threading.Event()
+
     def on_terminate(signum: int, frame: Any) -> None:
         stop.set()
-        print("\nvidfeat: terminated: stopping at once; " + RESUME_HINT, file=sys.stderr,
-              flush=True)
-        raise KeyboardInterrupt
+        if not terminated.is_set():
+            terminated.set()
+            print("\nvidfeat: terminated: stopping at once; " + RESUME_HINT, file=sys.stderr,
+                  flush=True)
+        _stop_at_once(signum, frame)
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     previous_terminate = signal.signal(signal.SIGTERM, on_terminate)
@@ -187,6 +194,24 @@ def _first_interrupt_stops(stop: threading.Event) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_terminate)
+
+
+def _stop_at_once(signum: int, frame: Any) -> None:
+    """Raise KeyboardInterrupt in the driver's main thread. Python prints and drops an
+    exception raised in a finalizer (a ``__del__`` the garbage collector runs at any point,
+    distributed's Future has one), so a signal that lands in one is delivered again once the
+    finalizer has returned."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__" or frame.f_code is _FINALIZE_CALL:
+            threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signum)).start()
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
+
+
+_FINALIZE_CALL = weakref.finalize.__call__.__code__
+#: how soon a signal that landed in a finalizer is sent again
+REDELIVER_S = 0.05
 
 
 def _ignore_interrupts_plugin() -> object:
