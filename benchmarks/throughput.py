@@ -290,6 +290,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--limit-repeats", type=int, default=1,
                         help="passes of the model limit; the fastest counts")
+    parser.add_argument("--no-seed", action="store_true",
+                        help="skip the seed's JPEG path (the longest part at full scale): "
+                             "limit against vidfeat only")
     parser.add_argument("--decoders", default="pyav",
                         help="with --device cuda: vidfeat's decoders to run (pyav decodes on "
                              "the CPU, torchcodec on the GPU)")
@@ -319,11 +322,12 @@ def main() -> None:
                 line = f"[{precision} {mode} {feature_set}] decode+model limit {limit:.1f} s"
                 if gpu:
                     line += f" (model alone: {rates(counts, model)})"
-                if feature_set not in seeds:
+                if feature_set not in seeds and not args.no_seed:
                     seeds[feature_set] = seed_path(paths, workdir / "jpeg", features,
                                                    args.device)
-                seed = seeds[feature_set]
-                line += f"; seed JPEG path (fp32) {seed:.1f} s"
+                seed = seeds.get(feature_set)
+                if seed is not None:
+                    line += f"; seed JPEG path (fp32) {seed:.1f} s"
                 print(line, flush=True)
                 runs = [(f"1 GPU worker, {decoder} decode", 1, decoder)
                         for decoder in args.decoders.split(",")] if gpu else [
@@ -335,8 +339,8 @@ def main() -> None:
                     with GpuBusy() if gpu else contextlib.nullcontext() as busy:
                         seconds, rss = run_vidfeat(corpus, store, features, workers, precision,
                                                    compiled, args.device, decoder)
-                    ratios = f"limit/vidfeat {limit / seconds:.2f}, seed/vidfeat " \
-                             f"{seed / seconds:.2f}"
+                    ratios = f"limit/vidfeat {limit / seconds:.2f}" + (
+                        f", seed/vidfeat {seed / seconds:.2f}" if seed is not None else "")
                     extra = (f"; {rates(counts, dict.fromkeys(features, seconds))}; "
                              f"{busy.summary()}") if gpu else ""
                     print(f"    vidfeat {label}: {seconds:.1f} s ({ratios}); peak RSS per "

@@ -1,26 +1,78 @@
-"""Tasks sized by the corpus's real length: a probed video counts as its duration, so a
-high-bitrate long video, which its size alone makes look three times longer than it is, is
-still split into segments (a real `vidfeat extract` on a LocalCluster, its tasks observed in
-the scheduler's task stream)."""
+"""Planning: tasks that shrink as the work runs out and run largest first, audio planned at a
+share of its seconds, and tasks sized by the corpus's real length: a probed video counts as
+its duration, so a high-bitrate long video, which its size alone makes look three times
+longer than it is, is still split into segments (a real `vidfeat extract` on a LocalCluster,
+its tasks observed in the scheduler's task stream)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ffmpeg
 from distributed import Client, LocalCluster
 
 from vidfeat import open_store
 from vidfeat.cli import main
-from vidfeat.pipeline.plan import TYPICAL_BYTES_PER_SECOND, media_seconds, task_seconds
+from vidfeat.media.probe import MediaInfo
+from vidfeat.pipeline.corpus import VideoSource
+from vidfeat.pipeline.plan import (
+    AUDIO_WORK_SHARE,
+    MIN_TASK_SECONDS,
+    TYPICAL_BYTES_PER_SECOND,
+    TaskSizes,
+    WorkUnit,
+    plan_tasks,
+    segments,
+    task_seconds,
+)
 
 
-def test_media_seconds_takes_durations_where_probed_and_sizes_elsewhere() -> None:
-    sizes = [4 * TYPICAL_BYTES_PER_SECOND, 10 * TYPICAL_BYTES_PER_SECOND]
-    assert media_seconds(sizes, [None, None]) == 14.0
-    assert media_seconds(sizes, [None, 2.5]) == 6.5
+def _unit(name: str, seconds: float, kind: str = "visual", weight: float = 1.0) -> WorkUnit:
+    info = MediaInfo(name, seconds, 30.0, 640, 360, 0, int(seconds * 30), "h264", 0.0, True,
+                     48000, 2, 0.0)
+    return WorkUnit(VideoSource(name, name), kind, ("x",), f"{name}.{kind}",  # type: ignore[arg-type]
+                    info, weight=weight)
+
+
+def test_packs_shrink_as_the_work_runs_out_and_run_largest_first() -> None:
+    units = [_unit(f"v{i}", 10.0) for i in range(60)]
+    largest = task_seconds(600.0, 2)
+    tasks = plan_tasks(units, [], TaskSizes(600.0, 2, largest), 1, 0)
+    works = [task.work for task in tasks]  # type: ignore[union-attr]
+    assert works == sorted(works, reverse=True)
+    assert works[0] == largest == 100.0 and works[-1] == MIN_TASK_SECONDS
+    assert sum(works) == 600.0 and len(tasks) > 600.0 / largest
+    assert sorted(unit.key for task in tasks for unit in task.units) == sorted(  # type: ignore[union-attr]
+        unit.key for unit in units)
+
+
+def test_a_long_videos_last_segments_are_short_and_cover_it_exactly() -> None:
+    times = np.arange(600 * 30) / 30
+    unit = _unit("long", 600.0)
+    tasks = plan_tasks([], [(unit, times)], TaskSizes(600.0, 2, 200.0), 16, 16)
+    parts = sorted((task[0].segment for task in tasks), key=lambda s: s.index)  # type: ignore[index]
+    assert [p.start_frame for p in parts[1:]] == [p.stop_frame for p in parts[:-1]]
+    assert parts[0].start_frame == 0 and parts[-1].stop_frame == len(times)
+    assert all(p.start_frame % 16 == 0 for p in parts)
+    lengths = [(p.stop_frame - p.start_frame) / 30 for p in parts]
+    assert lengths[0] == pytest.approx(150, abs=1)  # a quarter of the work left: 2 slots x 2
+    assert lengths[-2] == pytest.approx(MIN_TASK_SECONDS, abs=1)
+    assert MIN_TASK_SECONDS / 2 <= lengths[-1] < 1.5 * MIN_TASK_SECONDS + 1
+    # --segment-seconds: fixed sizes
+    fixed = segments(times, 100.0, 16, 16)
+    assert [(p.stop_frame - p.start_frame) / 30 for p in fixed] == [pytest.approx(100, abs=2)] * 6
+
+
+def test_an_audio_track_is_planned_at_a_share_of_its_seconds() -> None:
+    # a long audio track in a run with visual work is cheap: it runs after the visual tasks,
+    # where it fills the slot that finishes first, instead of first as the largest task
+    units = [_unit("long", 600.0, "audio", AUDIO_WORK_SHARE),
+             *(_unit(f"v{i}", 90.0) for i in range(6))]
+    tasks = plan_tasks(units, [], TaskSizes(600.0, 2, 100.0), 1, 0)
+    assert [task.units[0].kind for task in tasks] == ["visual"] * 6 + ["audio"]  # type: ignore[union-attr]
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ split videos, indexing shards as tasks report, per-task timeouts and dead worker
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -20,12 +19,13 @@ from vidfeat.extractors.spec import ExtractorSpec
 from vidfeat.options import RunOptions
 from vidfeat.pipeline.corpus import VideoSource, video_attrs
 from vidfeat.pipeline.plan import (
+    AUDIO_WORK_SHARE,
     MIN_BYTES_PER_SECOND,
+    TYPICAL_BYTES_PER_SECOND,
     Task,
+    TaskSizes,
     WorkUnit,
-    media_seconds,
-    pack,
-    segments,
+    plan_tasks,
     task_seconds,
 )
 from vidfeat.pipeline.prepare import PreparedRun, RunReport, unit_key
@@ -262,9 +262,9 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
     the rerun starts over."""
     modality = {name: d.modality for name, d in run.descriptions.items()}
     sizes = [_size(video) for video, _ in run.todo]
-    seconds = task_seconds(media_seconds(sizes, [None] * len(sizes)), slots,
-                           run.options.segment_seconds)
-    splittable = 1.5 * seconds * MIN_BYTES_PER_SECOND
+    # which files might need splitting, guessed from their sizes
+    guess = task_seconds(sum(sizes) / TYPICAL_BYTES_PER_SECOND, slots, run.options.segment_seconds)
+    splittable = 1.5 * guess * MIN_BYTES_PER_SECOND
     # --segment-seconds sizes every task by media seconds: all videos are probed first
     to_probe = [position for position, ((_, names), size) in enumerate(zip(run.todo, sizes,
                                                                          strict=True))
@@ -274,17 +274,11 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
                                            stop, task_timeout), strict=True))
     if stop.is_set():
         return []
-    # the probed files' durations replace their sizes' guess: a corpus of high-bitrate files
-    # is otherwise planned in tasks so long that its long videos are not split (measured on
-    # benchmarks/throughput.py's corpus: its 600 s video was one task, whose worker finished
-    # 9 s after the other)
-    durations = [info.duration if info is not None else None for info, _, _ in
-                 (probed.get(position, (None, None, "")) for position in range(len(sizes)))]
-    seconds = task_seconds(media_seconds(sizes, durations), slots, run.options.segment_seconds)
     units: list[WorkUnit] = []
-    long_videos = []
-    alignment = _clip_alignment(run)
     unreadable = []
+    # an audio track in a run with visual work costs a fraction of its seconds
+    audio_weight = (AUDIO_WORK_SHARE if any(modality[name] != "audio" for _, names in run.todo
+                                            for name in names) else 1.0)
     for position, ((video, names), size) in enumerate(zip(run.todo, sizes, strict=True)):
         info, attrs, error = probed.get(position, (None, None, ""))
         if error:
@@ -292,38 +286,45 @@ def _plan(run: PreparedRun, client: Any, slots: int, index: StoreIndex, report: 
             continue
         for kind in ("visual", "audio"):
             features = tuple(n for n in names if (modality[n] == "audio") == (kind == "audio"))
-            if not features:
-                continue
-            unit = WorkUnit(video, kind, features,  # type: ignore[arg-type]
-                            unit_key(video.video_id, kind, [run.hashes[n] for n in features]),
-                            info, attrs=attrs, size=size)
-            if (kind == "visual" and info is not None and info.has_video
-                    and info.duration > 1.5 * seconds):
-                long_videos.append(unit)
-            else:
-                units.append(unit)
+            if features:
+                units.append(WorkUnit(
+                    video, kind, features,  # type: ignore[arg-type]
+                    unit_key(video.video_id, kind, [run.hashes[n] for n in features]),
+                    info, attrs=attrs, size=size,
+                    weight=audio_weight if kind == "audio" else 1.0))
     if unreadable:
         shard, failures = _failures(unreadable, run)
         index.add([shard])
         report.add(failures)
         progress.record(failures)
+    # sized by the probed files' durations, not their sizes' guess: a corpus of high-bitrate
+    # files is otherwise planned in tasks so long that its long videos are not split
+    # (measured on benchmarks/throughput.py's corpus: its 600 s video was one task, whose
+    # worker finished 9 s after the other)
+    total = sum(unit.work for unit in units)
+    largest = task_seconds(total, slots, run.options.segment_seconds)
+    sizes_left = TaskSizes(total, slots, largest, shrink=not run.options.segment_seconds)
+
+    def is_long(unit: WorkUnit) -> bool:
+        return (unit.kind == "visual" and unit.info is not None and unit.info.has_video
+                and unit.info.duration > 1.5 * largest)
+
+    long_videos = [unit for unit in units if is_long(unit)]
+    units = [unit for unit in units if not is_long(unit)]
     times = _planning_results(client, client.map(_frame_times, [u.video.path for u in long_videos],
                                                  pure=False), stop, task_timeout)
     if stop.is_set():
         return []
-    tasks: list[Task | list[WorkUnit]] = []
+    splits = []
     for unit, frame_times in zip(long_videos, times, strict=True):
         if isinstance(frame_times, BaseException) or not len(frame_times):
             # no packet times (a file damaged or replaced since its probe): not split, so
             # that its own task decodes it and records what it could not read
             log.debug("%s: not split (%s)", unit.video.path, frame_times)
             units.append(unit)
-            continue
-        for segment in segments(frame_times, seconds, *alignment):
-            tasks.append([dataclasses.replace(unit, segment=segment)])
-    tasks += pack(units, seconds)
-    # the longest work first, so the stragglers at the end of a run are short
-    return sorted(tasks, key=lambda t: -(t.seconds if isinstance(t, Task) else t[0].seconds))
+        else:
+            splits.append((unit, frame_times))
+    return plan_tasks(units, splits, sizes_left, *_clip_alignment(run))
 
 
 def _size(video: VideoSource) -> int:

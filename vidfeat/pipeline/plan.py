@@ -1,11 +1,12 @@
 """Work units sized by work, not by file: short videos are packed into one task, long videos
 are split into segments at clip-aligned frame boundaries whose rows stitch into exactly the
-rows of an unsplit run (see ``stitch.py``)."""
+rows of an unsplit run (see ``stitch.py``). Tasks shrink as the planned work runs out, and run
+largest first, so that the task slots finish together."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,8 +19,17 @@ UnitKind = Literal["visual", "audio"]
 #: a task is never planned smaller than this many seconds of media, unless the corpus is
 MIN_TASK_SECONDS = 10.0
 MAX_TASK_SECONDS = 600.0
-#: tasks per task slot: enough for the dynamic scheduling to even out the slots' loads
+#: tasks per task slot at the largest size: the run's first tasks
 TASKS_PER_SLOT = 3
+#: once the work left is less than this many of the largest tasks per slot, each further task
+#: is that share of it: the last tasks are short (guided self-scheduling), so no slot is left
+#: running a long one while the others idle
+TAIL_TASKS_PER_SLOT = 2
+#: an audio unit's work per second of media against a visual unit's, in a run with both
+#: (measured on one core: VGGish with its decode 19 ms a second of audio, ResNet-152 at 1 fps
+#: about 120 ms a second of video, C3D about 650 ms): a short video's audio does not make its
+#: pack look twice as long as it is, nor is a long audio track run first as the largest task
+AUDIO_WORK_SHARE = 0.1
 #: a task's finished videos are one shard: 128 units (a short video's visual and audio units
 #: are two) keep a large corpus of short videos at 50-64 videos a file
 MAX_UNITS_PER_TASK = 128
@@ -72,6 +82,13 @@ class WorkUnit:
     attrs: dict | None = None
     #: the file's size, for the seconds of media an unprobed unit is planned with
     size: int = 0
+    #: work per second of media (AUDIO_WORK_SHARE: an audio unit in a run with visual work)
+    weight: float = 1.0
+
+    @property
+    def work(self) -> float:
+        """What planning sizes and orders tasks by: seconds of media, weighted."""
+        return self.seconds * self.weight
 
     @property
     def seconds(self) -> float:
@@ -88,15 +105,8 @@ class Task:
     units: list[WorkUnit] = field(default_factory=list)
 
     @property
-    def seconds(self) -> float:
-        return sum(unit.seconds for unit in self.units)
-
-
-def media_seconds(sizes: Sequence[int], durations: Sequence[float | None]) -> float:
-    """The corpus's seconds of media, for sizing its tasks: a probed video's duration, an
-    unprobed one's (``None``) guessed from its size at ``TYPICAL_BYTES_PER_SECOND``."""
-    return sum(size / TYPICAL_BYTES_PER_SECOND if duration is None else duration
-               for size, duration in zip(sizes, durations, strict=True))
+    def work(self) -> float:
+        return sum(unit.work for unit in self.units)
 
 
 def task_seconds(total_seconds: float, slots: int, segment_seconds: float | None = None
@@ -108,26 +118,53 @@ def task_seconds(total_seconds: float, slots: int, segment_seconds: float | None
     return min(MAX_TASK_SECONDS, max(MIN_TASK_SECONDS, target))
 
 
-def split_points(times: np.ndarray, seconds: float, align: int) -> list[int]:
-    """Frame indices (multiples of ``align``, excluding 0 and N) about ``seconds`` apart."""
+class TaskSizes:
+    """The size of each task as the plan is made: ``largest`` while much work is left, then
+    ``1 / (slots x TAIL_TASKS_PER_SLOT)`` of the work left, down to MIN_TASK_SECONDS. Fixed
+    sizes (``shrink=False``) for ``--segment-seconds``."""
+
+    def __init__(self, work: float, slots: int, largest: float, shrink: bool = True) -> None:
+        self.left = work
+        self.slots = max(1, slots)
+        self.largest = largest
+        self.shrink = shrink
+
+    def next(self) -> float:
+        if not self.shrink:
+            return self.largest
+        tail = self.left / (self.slots * TAIL_TASKS_PER_SLOT)
+        return min(self.largest, max(MIN_TASK_SECONDS, tail))
+
+    def take(self, work: float) -> None:
+        self.left -= work
+
+
+def split_points(times: np.ndarray, sizes: TaskSizes, align: int) -> list[int]:
+    """Frame indices (multiples of ``align``, excluding 0 and N) ``sizes`` apart in time."""
     count = len(times)
     points: list[int] = []
-    next_time = times[0] + seconds
+    start = 0
     while True:
-        index = int(np.searchsorted(times, next_time))
-        index = math.ceil(index / align) * align
-        if index >= count - align:  # a tail shorter than one alignment step joins the last
+        size = sizes.next()
+        index = int(np.searchsorted(times, times[start] + size))
+        index = max(math.ceil(index / align) * align, start + align)
+        # a rest shorter than one alignment step joins the last segment, and when sizes
+        # shrink, one shorter than half of it too (fixed sizes stay exact: --segment-seconds)
+        if index >= count - align or (sizes.shrink and times[-1] - times[index] < size / 2):
+            sizes.take(float(times[-1] - times[start]))
             return points
-        if not points or index > points[-1]:
-            points.append(index)
-        next_time = times[index] + seconds
+        points.append(index)
+        sizes.take(float(times[index] - times[start]))
+        start = index
 
 
-def segments(times: np.ndarray, seconds: float, align: int, longest_clip: int
+def segments(times: np.ndarray, seconds: float | TaskSizes, align: int, longest_clip: int
              ) -> list[Segment]:
-    """The segments of a video whose frames show at ``times`` (presentation order)."""
+    """The segments of a video whose frames show at ``times`` (presentation order), each
+    ``seconds`` long, or as long as ``TaskSizes`` says."""
+    sizes = seconds if isinstance(seconds, TaskSizes) else TaskSizes(0, 1, seconds, False)
     count = len(times)
-    bounds = [0, *split_points(times, seconds, align), count]
+    bounds = [0, *split_points(times, sizes, align), count]
     result = []
     for index, (start, stop) in enumerate(zip(bounds, bounds[1:], strict=False)):
         # the frames completing clips that start before `stop`, and one more for the last
@@ -142,17 +179,33 @@ def segments(times: np.ndarray, seconds: float, align: int, longest_clip: int
     return result
 
 
-def pack(units: list[WorkUnit], seconds: float) -> list[Task]:
-    """Consecutive units into tasks of about ``seconds`` of media, longest task first (so the
-    stragglers at the end of a run are short)."""
+def pack(units: list[WorkUnit], sizes: TaskSizes) -> list[Task]:
+    """Consecutive units into tasks as large as ``sizes`` says (in work)."""
     tasks: list[Task] = []
     current = Task()
+    size = sizes.next()
     for unit in units:
-        if current.units and (current.seconds + unit.seconds > seconds
+        if current.units and (current.work + unit.work > size
                               or len(current.units) >= MAX_UNITS_PER_TASK):
             tasks.append(current)
-            current = Task()
+            sizes.take(current.work)
+            current, size = Task(), sizes.next()
         current.units.append(unit)
     if current.units:
         tasks.append(current)
-    return sorted(tasks, key=lambda task: -task.seconds)
+        sizes.take(current.work)
+    return tasks
+
+
+def plan_tasks(units: list[WorkUnit], splits: list[tuple[WorkUnit, np.ndarray]],
+               sizes: TaskSizes, align: int, longest_clip: int) -> list[Task | list[WorkUnit]]:
+    """The run's tasks, largest first: ``units`` packed, and each long video of ``splits`` (its
+    visual unit, its frame times) cut into segments, one task each (a list of one WorkUnit).
+    The packs are sized first: the segments, which can be cut to any length, take the
+    shrinking sizes at the end of the plan, and run last."""
+    tasks: list[Task | list[WorkUnit]] = list(pack(units, sizes))
+    for unit, times in splits:
+        tasks += [[dataclasses.replace(unit, segment=segment)]
+                  for segment in segments(times, sizes, align, longest_clip)]
+    return sorted(tasks, key=lambda task: -(task.work if isinstance(task, Task)
+                                            else task[0].work))
