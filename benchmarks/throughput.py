@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py [--workdir DIR] [--scale 1.0] [--precisions fp32,bf16]
         [--workers 1,2] [--feature-sets resnet152,c3d,vggish:resnet152] [--modes eager,compiled]
-        [--limit-repeats 1] [--device cpu|cuda] [--decoders pyav,torchcodec]
+        [--limit-repeats 1] [--device cpu|cuda] [--decoders pyav,torchcodec] [--no-seed]
 
 Corpus (made with ffmpeg, H.264 + AAC, 30 fps; durations times --scale): 6 x 60 s 640x360,
 2 x 60 s 1280x720, 1 x 600 s 640x360. Prints, per precision and feature set:
