@@ -335,8 +335,9 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_driver(capfd):
             time.sleep(0.5)  # the signal arrives meanwhile: its handler runs in this frame
 
     stop = threading.Event()
-    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
     with pytest.raises(KeyboardInterrupt), _first_interrupt_stops(stop):
+        # sent once the handler is in place (the default one would end pytest)
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
         SlowFinalizer()  # dropped at once: __del__ runs here
         time.sleep(5)  # where the redelivered signal stops it
         pytest.fail("SIGTERM was lost in a finalizer")
