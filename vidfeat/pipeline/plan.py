@@ -182,18 +182,19 @@ def segments(times: np.ndarray, seconds: float | TaskSizes, align: int, longest_
 def pack(units: list[WorkUnit], sizes: TaskSizes) -> list[Task]:
     """Consecutive units into tasks as large as ``sizes`` says (in work)."""
     tasks: list[Task] = []
-    current = Task()
-    size = sizes.next()
+    current, work, size = Task(), 0.0, sizes.next()  # work: current's, kept as units join
     for unit in units:
-        if current.units and (current.work + unit.work > size
+        unit_work = unit.work
+        if current.units and (work + unit_work > size
                               or len(current.units) >= MAX_UNITS_PER_TASK):
             tasks.append(current)
-            sizes.take(current.work)
-            current, size = Task(), sizes.next()
+            sizes.take(work)
+            current, work, size = Task(), 0.0, sizes.next()
         current.units.append(unit)
+        work += unit_work
     if current.units:
         tasks.append(current)
-        sizes.take(current.work)
+        sizes.take(work)
     return tasks
 
 
