@@ -109,12 +109,13 @@ class Task:
         return sum(unit.work for unit in self.units)
 
 
-def task_seconds(total_seconds: float, slots: int, segment_seconds: float | None = None
+def task_seconds(total_work: float, slots: int, segment_seconds: float | None = None
                  ) -> float:
-    """How much media one task should cover: a few tasks per slot, within bounds."""
+    """The largest task's work (seconds of media, audio weighted): a few tasks per slot,
+    within bounds."""
     if segment_seconds:
         return segment_seconds
-    target = total_seconds / (max(1, slots) * TASKS_PER_SLOT)
+    target = total_work / (max(1, slots) * TASKS_PER_SLOT)
     return min(MAX_TASK_SECONDS, max(MIN_TASK_SECONDS, target))
 
 
