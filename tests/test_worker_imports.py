@@ -1,7 +1,8 @@
-"""A worker imports only the model modules its run uses: a C3D + VGGish run never imports
-torchvision (whose import brings all of torchvision.models and torch._dynamo, 1.4 s of every
-worker's start), a ResNet-152 run on the same worker does. Real `vidfeat extract` runs on a
-Dask LocalCluster started with the preload every vidfeat worker gets."""
+"""A worker imports only the model modules its run uses, and never torchvision for the three
+standard features (its import brings all of torchvision.models and torch._dynamo, 1.8 s of every
+worker's start): neither a C3D + VGGish run nor a ResNet-152 run imports it, a torchvision video
+model's run on the same worker does. Real `vidfeat extract` runs on a Dask LocalCluster started
+with the preload every vidfeat worker gets."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def test_a_worker_imports_only_the_models_its_run_uses(corpus: Path, tmp_path: P
         extract("c3d,vggish")
         assert list(client.run(imported).values()) == [["torch"]]
         extract("resnet152")
+        assert list(client.run(imported).values()) == [["torch"]]
+        extract("r3d_18")
         assert list(client.run(imported).values()) == [["torch", "torchvision"]]
     with open_store(store) as features:
-        assert sorted(features.features("talk")) == ["c3d", "resnet152", "vggish"]
+        assert sorted(features.features("talk")) == ["c3d", "r3d_18", "resnet152", "vggish"]

@@ -1,5 +1,5 @@
 """ResNet-152 frame features: torchvision's network, its ImageNet weights file unchanged, and the
-preprocessing preset of those weights.
+preprocessing preset of those weights (both rebuilt in torch alone: ``resnet_network.py``, why).
 
 The feature is ``flatten(avgpool(layer4))``, the 2048 values fed to ``fc``: the model keeps every
 layer (so the weights file loads with its ``fc.*`` keys) and the network runs its layers in
@@ -14,9 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models import resnet152
-from torchvision.transforms._presets import ImageClassification
-from torchvision.transforms.functional import resize
 
 from vidfeat.extractors import checks
 from vidfeat.extractors.base import (
@@ -26,6 +23,15 @@ from vidfeat.extractors.base import (
     resize_per_channel,
 )
 from vidfeat.extractors.checks import RESNET_VERSIONS
+from vidfeat.extractors.resnet_network import (
+    MEAN,
+    STD,
+    ResNet152,
+    center_crop,
+    normalize,
+    resize_bilinear,
+    resized_size,
+)
 from vidfeat.media.frames import Frame
 from vidfeat.media.probe import MediaInfo, count_frames
 
@@ -49,8 +55,8 @@ class ResNet152Extractor(Extractor):
         self.weights_version = checked["weights_version"]
         self.fps = checked["fps"]
         self.frames = checked["frames"]
-        resize_size = RESNET_VERSIONS[weights_version][1]
-        self.transform = ImageClassification(crop_size=CROP_SIZE, resize_size=resize_size)
+        #: the shorter side before the central crop (the weights' preset: V1 256, V2 232)
+        self.resize_size = RESNET_VERSIONS[weights_version][1]
 
     @property
     def weights_name(self) -> str:
@@ -66,17 +72,17 @@ class ResNet152Extractor(Extractor):
         return {
             "weights_version": self.weights_version,
             **sampling,
-            "resize_size": self.transform.resize_size[0],
-            "crop_size": self.transform.crop_size[0],
-            "interpolation": self.transform.interpolation.value,
-            "antialias": self.transform.antialias,
-            "mean": self.transform.mean,
-            "std": self.transform.std,
+            "resize_size": self.resize_size,
+            "crop_size": CROP_SIZE,
+            "interpolation": "bilinear",
+            "antialias": True,
+            "mean": list(MEAN),
+            "std": list(STD),
             "layer": FEATURE_NODE,
         }
 
     def build_model(self) -> nn.Module:
-        return resnet152()
+        return ResNet152()
 
     def network(self) -> nn.Module:
         # the layers in ResNet.forward's order, fc left out: the same module calls as
@@ -96,10 +102,9 @@ class ResNet152Extractor(Extractor):
                             start_time=start_time)
 
     def _preprocess(self, frame: Frame) -> torch.Tensor:
-        # the preset takes the uint8 image as is, as torchvision's own pipeline does; the
-        # frame is shrunk first one channel at a time (same values, less memory)
-        transform = self.transform
-        image = resize_per_channel(frame.tensor.permute(2, 0, 1), partial(
-            resize, size=transform.resize_size, interpolation=transform.interpolation,
-            antialias=transform.antialias))
-        return transform(image)
+        # the weights' preset on the uint8 image, as torchvision's own pipeline applies it;
+        # the frame is shrunk one channel at a time (same values, less memory)
+        image = frame.tensor.permute(2, 0, 1)
+        size = resized_size(*image.shape[-2:], self.resize_size)
+        image = resize_per_channel(image, partial(resize_bilinear, size=size))
+        return normalize(center_crop(image, CROP_SIZE))

@@ -47,9 +47,13 @@ def plugin_name(specs: dict[str, ExtractorSpec]) -> str:
 def extractor_plugin(specs: dict[str, ExtractorSpec], device: str,
                      slots_by_host: dict[str, int], load_now: bool = False) -> object:
     """A worker plugin giving each worker process one ``WorkerState`` for this run; models
-    load on a worker's first task (``load_now``: at once, in the background, while the driver
-    still prepares) and stay loaded. ``slots_by_host``: task slots (worker threads) per host
-    when the run started, to size torch's threads."""
+    load on a worker's first task (``load_now``: at once, while the driver still prepares)
+    and stay loaded. ``slots_by_host``: task slots (worker threads) per host when the run
+    started, to size torch's threads.
+
+    The state is made in a thread of its own: ``setup`` returns at once, so that registering
+    the plugin does not wait seconds for each worker's torch import (the driver plans the run
+    meanwhile), and the worker's event loop is never blocked by it. A task waits for it."""
     from distributed import WorkerPlugin
 
     class ExtractorPlugin(WorkerPlugin):
@@ -57,10 +61,26 @@ def extractor_plugin(specs: dict[str, ExtractorSpec], device: str,
             host = worker.address.split("://")[-1].rsplit(":", 1)[0]  # type: ignore[attr-defined]
             slots = slots_by_host.get(host) or slots_by_host.get(socket.gethostname())
             slots = slots or worker.state.nthreads  # type: ignore[attr-defined]
-            self.state = WorkerState(specs, device, torch_threads_for(slots))
-            if load_now:
-                threading.Thread(target=self.state.pool.load_all, name="vidfeat-load",
-                                 daemon=True).start()
+            self._ready = threading.Event()
+            self._error: BaseException | None = None
+            threading.Thread(target=self._prepare, args=(torch_threads_for(slots),),
+                             name="vidfeat-load", daemon=True).start()
+
+        def _prepare(self, torch_threads: int) -> None:
+            try:
+                self._state = WorkerState(specs, device, torch_threads)
+            except BaseException as error:  # raised in every task that needs the state
+                self._error = error
+            finally:
+                self._ready.set()
+            if load_now and self._error is None:
+                self._state.pool.load_all()
+
+        def state(self) -> WorkerState:
+            self._ready.wait()
+            if self._error is not None:
+                raise self._error
+            return self._state
 
     plugin = ExtractorPlugin()
     plugin.name = plugin_name(specs)
@@ -68,6 +88,7 @@ def extractor_plugin(specs: dict[str, ExtractorSpec], device: str,
 
 
 def worker_state(plugin_name: str) -> WorkerState:
+    """This worker's state for the run, once its plugin has made it."""
     from distributed import get_worker
 
-    return get_worker().plugins[plugin_name].state
+    return get_worker().plugins[plugin_name].state()

@@ -1,0 +1,53 @@
+"""vidfeat's ResNet-152 and its preprocessing, rebuilt without torchvision (so that a worker
+does not import it), are torchvision's bit for bit: the same parameters from the same seed, the
+same rows from the same weights, the same model input from the same frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import ResNet152_Weights
+
+from vidfeat.extractors.resnet import ResNet152Extractor
+from vidfeat.extractors.resnet_network import ResNet152
+from vidfeat.media.frames import Frame
+
+
+@pytest.fixture(scope="module")
+def networks() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(5)
+    ours = ResNet152().eval()
+    torch.manual_seed(5)
+    reference = torchvision.models.resnet152().eval()
+    return ours, reference
+
+
+def test_a_seeded_init_draws_torchvisions_parameters(networks: tuple[nn.Module, nn.Module]
+                                                     ) -> None:
+    ours, reference = (network.state_dict() for network in networks)
+    assert list(ours) == list(reference)
+    unequal = [key for key in ours if not torch.equal(ours[key], reference[key])]
+    assert not unequal, f"{len(unequal)} tensors differ, the first {unequal[0]}"
+
+
+def test_the_network_gives_torchvisions_outputs(networks: tuple[nn.Module, nn.Module]) -> None:
+    ours, reference = networks
+    torch.manual_seed(0)
+    batch = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.equal(ours(batch), reference(batch))
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("height,width", [(360, 640), (640, 360), (257, 301), (256, 256),
+                                          (232, 500), (120, 160), (1080, 1920)])
+def test_preprocessing_is_the_weights_preset(version: str, height: int, width: int) -> None:
+    enum = ResNet152_Weights.IMAGENET1K_V1 if version == "v1" else ResNet152_Weights.IMAGENET1K_V2
+    image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), np.uint8)
+    ours = ResNet152Extractor(weights_version=version)._preprocess(Frame(0, 0.0, 0.04, image))
+    reference = enum.transforms()(torch.from_numpy(image).permute(2, 0, 1))
+    assert ours.shape == reference.shape == (3, 224, 224)
+    assert torch.equal(ours, reference)
