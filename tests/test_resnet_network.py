@@ -51,3 +51,19 @@ def test_preprocessing_is_the_weights_preset(version: str, height: int, width: i
     reference = enum.transforms()(torch.from_numpy(image).permute(2, 0, 1))
     assert ours.shape == reference.shape == (3, 224, 224)
     assert torch.equal(ours, reference)
+
+
+def test_a_row_is_the_same_in_any_batch(networks: tuple[nn.Module, nn.Module]) -> None:
+    """With one torch thread (vidfeat's workers' default on a CPU) PyTorch computes a small
+    batch's 1x1 convolutions with another kernel than a large one's, unless told otherwise:
+    a segment's rows would then differ from the whole video's. (The features, fc left out.)"""
+    features = nn.Sequential(*list(networks[0].children())[:-1], nn.Flatten(1))
+    threads = torch.get_num_threads()
+    torch.manual_seed(1)
+    batch = torch.randn(16, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    try:
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            assert torch.equal(features(batch[:3]), features(batch)[:3])
+    finally:
+        torch.set_num_threads(threads)
