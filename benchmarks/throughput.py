@@ -3,6 +3,7 @@
     python benchmarks/throughput.py [--workdir DIR] [--scale 1.0] [--precisions fp32,bf16]
         [--workers 1,2] [--feature-sets resnet152,c3d,vggish:resnet152] [--modes eager,compiled]
         [--limit-repeats 1] [--device cpu|cuda] [--decoders pyav,torchcodec] [--no-seed]
+        [--limit-after]
 
 Corpus (made with ffmpeg, H.264 + AAC, 30 fps; durations times --scale): 6 x 60 s 640x360,
 2 x 60 s 1280x720, 1 x 600 s 640x360. Prints, per precision and feature set:
@@ -290,6 +291,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--limit-repeats", type=int, default=1,
                         help="passes of the model limit; the fastest counts")
+    parser.add_argument("--limit-after", action="store_true",
+                        help="measure the model limit again after vidfeat's runs and give each "
+                             "run's ratio against the mean of both (a shared VM's speed drifts "
+                             "over minutes: one measurement before a run can be 1.3x off)")
     parser.add_argument("--no-seed", action="store_true",
                         help="skip the seed's JPEG path (the longest part at full scale): "
                              "limit against vidfeat only")
@@ -333,6 +338,7 @@ def main() -> None:
                         for decoder in args.decoders.split(",")] if gpu else [
                     (f"{workers} worker(s)", workers, "pyav")
                     for workers in [int(w) for w in args.workers.split(",")]]
+                timed: list[tuple[str, float]] = []
                 for label, workers, decoder in runs:
                     store = workdir / f"store-{precision}-{mode}-{len(features)}-{workers}"
                     subprocess.run(["rm", "-rf", str(store)], check=True)
@@ -345,6 +351,15 @@ def main() -> None:
                              f"{busy.summary()}") if gpu else ""
                     print(f"    vidfeat {label}: {seconds:.1f} s ({ratios}); peak RSS per "
                           f"worker {', '.join(f'{r:.0f}' for r in rss)} MiB{extra}", flush=True)
+                    timed.append((label, seconds))
+                if args.limit_after:
+                    after = decode + sum(model_limit(features, counts, precision, compiled,
+                                                     args.device, args.limit_repeats).values())
+                    mean = (limit + after) / 2
+                    print(f"    decode+model limit after the runs {after:.1f} s (before: "
+                          f"{limit:.1f} s); against their mean {mean:.1f} s: " + ", ".join(
+                              f"vidfeat {label} {mean / seconds:.2f}" for label, seconds in timed),
+                          flush=True)
 
 if __name__ == "__main__":
     main()

@@ -63,3 +63,30 @@ def test_worker_process_runs_the_model_as_fast_as_the_driver(tmp_path: Path) -> 
             on_worker.append(seconds)
     assert worker_threads == threads
     assert min(on_worker) <= 1.15 * min(in_process), (on_worker, in_process)
+
+
+def _torch_used_by_a_task() -> int:
+    torch.ones(1 << 20).sum()  # a parallel operation: the thread fixes its OpenMP threads
+    return torch.get_num_threads()
+
+
+def _threads_in_a_run_task() -> int:
+    worker_state(plugin_name(SPECS))
+    return torch.get_num_threads()
+
+
+@pytest.mark.skipif(available_cores() < 2, reason="needs two torch threads to choose from")
+def test_a_task_thread_that_used_torch_before_the_run_gets_the_runs_threads() -> None:
+    """A worker's task thread keeps the torch (OpenMP) thread count it had at its first torch
+    operation. On a plain Dask worker, as a user starts one, that is one thread (Dask sets
+    OMP_NUM_THREADS=1); a run with one task slot on the host asks for one per core, and gets
+    them in a thread that ran a task before (describing the extractors, say) all the same."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        before = client.submit(_torch_used_by_a_task, pure=False).result()
+        client.register_plugin(extractor_plugin(SPECS, "cpu", {"127.0.0.1": 1}))
+        during = client.submit(_threads_in_a_run_task, pure=False).result()
+    assert before == 1
+    assert during == available_cores()

@@ -38,6 +38,16 @@ class WorkerState:
         self.torch_threads = torch_threads
         self.pool = ExtractorPool(specs, device)
 
+    def threads_in_this_thread(self) -> None:
+        """Apply the torch threads to the calling thread: OpenMP keeps a thread count per
+        thread, fixed at its first torch operation, so a task thread that ran one before this
+        state was made (describing the extractors, say) kept the process's default: one
+        thread on a plain Dask worker (Dask sets OMP_NUM_THREADS=1)."""
+        import torch
+
+        if torch.get_num_threads() != self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+
 
 def plugin_name(specs: dict[str, ExtractorSpec]) -> str:
     """The name of the run's extractor plugin: the same for the same extractors."""
@@ -88,7 +98,10 @@ def extractor_plugin(specs: dict[str, ExtractorSpec], device: str,
 
 
 def worker_state(plugin_name: str) -> WorkerState:
-    """This worker's state for the run, once its plugin has made it."""
+    """This worker's state for the run, once its plugin has made it, with its torch threads
+    applied to the calling task thread."""
     from distributed import get_worker
 
-    return get_worker().plugins[plugin_name].state()
+    state = get_worker().plugins[plugin_name].state()
+    state.threads_in_this_thread()
+    return state
