@@ -1,5 +1,6 @@
 """ResNet-152 frame features: torchvision's network, its ImageNet weights file unchanged, and the
-preprocessing preset of those weights (both written out in torch alone: ``resnet_network.py`` says why).
+preprocessing preset of those weights, both written out in torch alone (``resnet_network.py``
+says why).
 
 The feature is ``flatten(avgpool(layer4))``, the 2048 values fed to ``fc``: the model keeps every
 layer (so the weights file loads with its ``fc.*`` keys) and the network runs its layers in
