@@ -27,6 +27,8 @@ from torch.nn.functional import interpolate
 #: ImageNet's channel statistics, as the preset normalises with them
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+_MEAN = torch.tensor(MEAN, dtype=torch.float32).view(-1, 1, 1)
+_STD = torch.tensor(STD, dtype=torch.float32).view(-1, 1, 1)
 _BLOCKS = (3, 8, 36, 3)
 _ONEDNN = torch.backends.mkldnn.is_available()
 
@@ -146,7 +148,4 @@ def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
     """A uint8 [C, H, W] image as float32 in [0, 1], normalised with ImageNet's statistics."""
-    scaled = image.to(torch.float32) / 255.0
-    mean = torch.as_tensor(MEAN, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.as_tensor(STD, dtype=torch.float32).view(-1, 1, 1)
-    return scaled.sub_(mean).div_(std)
+    return (image.to(torch.float32) / 255.0).sub_(_MEAN).div_(_STD)
