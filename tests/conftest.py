@@ -1,9 +1,11 @@
-"""Shared helpers: real videos made with the ffmpeg executable from lavfi sources."""
+"""Shared helpers: real videos made with the ffmpeg executable from lavfi sources; a network's
+batch norms given statistics like trained ones'."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +63,20 @@ def training(tmp_path_factory: pytest.TempPathFactory):
     return training_corpus(tmp_path_factory.mktemp("training"))
 
 
+def with_real_statistics(model: Any, seed: int) -> Any:
+    """A seeded init leaves every batch norm an identity (mean 0, variance 1, scale 1, shift
+    0); trained weights do not. (torch imported here: the torch-free driver's tests run
+    without it.)"""
+    import torch
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                for tensor, low, high in ((module.running_mean, -0.2, 0.2),
+                                          (module.running_var, 0.3, 1.5),
+                                          (module.weight, 0.3, 1.2), (module.bias, -0.2, 0.2)):
+                    tensor.copy_(torch.empty_like(tensor).uniform_(low, high,
+                                                                   generator=generator))
+    return model

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import with_real_statistics
 from torch import nn
 from torchvision.models import ResNet152_Weights
 from torchvision.models.video import R2Plus1D_18_Weights, R3D_18_Weights, S3D_Weights
@@ -120,7 +121,8 @@ def _load_from_file(extractor: Extractor, state: dict[str, torch.Tensor], path: 
 @pytest.fixture(scope="module")
 def resnet_reference() -> nn.Module:
     torch.manual_seed(11)
-    return torchvision.models.resnet152().eval()
+    # batch norms like trained ones': the extractor folds them into its convolutions
+    return with_real_statistics(torchvision.models.resnet152().eval(), seed=11)
 
 
 @pytest.mark.slow  # a full-size model against its reference implementation

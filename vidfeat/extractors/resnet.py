@@ -29,6 +29,7 @@ from vidfeat.extractors.resnet_network import (
     STD,
     ResNet152,
     center_crop,
+    fold_batch_norms,
     normalize,
     resize_bilinear,
     resized_size,
@@ -87,8 +88,10 @@ class ResNet152Extractor(Extractor):
 
     def network(self) -> nn.Module:
         # the layers in ResNet.forward's order, fc left out: the same module calls as
-        # FeatureNode's graph cut at "flatten", without its 0.6 s of tracing per worker
+        # FeatureNode's graph cut at "flatten", without its 0.6 s of tracing per worker;
+        # batch norms folded into the convolutions (resnet_network says why)
         model = super().network()
+        fold_batch_norms(model)
         return nn.Sequential(*(layer for name, layer in model.named_children() if name != "fc"),
                              nn.Flatten(1))
 

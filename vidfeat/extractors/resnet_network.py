@@ -16,6 +16,10 @@ process to its reference kernel instead (``ConvParams::use_mkldnn``), and ResNet
 against 150 ms on oneDNN, and rows depended on the batch they were computed in (4.5e-7
 relative). On oneDNN a row is the same in any batch, and the same as torchvision's wherever
 torchvision's convolutions run on oneDNN too (16 images and more, or several threads).
+
+For inference the extractor then folds each batch norm into the convolution before it
+(``fold_batch_norms``): the same function, one pass over each activation less (ResNet-152 in
+fp32 5-10 % faster on a CPU), rows within 1e-6 relative of the unfolded network's.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn.functional import interpolate
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 #: ImageNet's channel statistics, as the preset normalises with them
 MEAN = (0.485, 0.456, 0.406)
@@ -116,6 +121,38 @@ class ResNet152(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def fold_batch_norms(model: ResNet152) -> None:
+    """Fold every batch norm of an eval-mode ``model`` into the convolution before it, in
+    place: the convolution takes the scaled weights and a bias, the batch norm becomes an
+    identity. Running it again changes nothing."""
+    for parent in model.modules():
+        if isinstance(parent, (ResNet152, Bottleneck)):
+            pairs = [(f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
+        elif isinstance(parent, nn.Sequential) and len(parent) == 2:  # a downsample
+            pairs = [("0", "1")]
+        else:
+            continue
+        for conv_name, norm_name in pairs:
+            if hasattr(parent, norm_name):
+                _fold(parent, conv_name, norm_name)
+
+
+def _fold(parent: nn.Module, conv_name: str, norm_name: str) -> None:
+    conv, norm = getattr(parent, conv_name), getattr(parent, norm_name)
+    if not isinstance(norm, nn.BatchNorm2d):
+        return
+    if norm.training:
+        raise RuntimeError("batch norms fold into their convolutions in eval mode only")
+    layout = (torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last)
+              and not conv.weight.is_contiguous() else torch.contiguous_format)
+    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean,
+                                        norm.running_var, norm.eps, norm.weight, norm.bias)
+    conv.weight = nn.Parameter(weight.detach().contiguous(memory_format=layout),
+                               requires_grad=False)
+    conv.bias = nn.Parameter(bias.detach(), requires_grad=False)
+    setattr(parent, norm_name, nn.Identity())
 
 
 def resized_size(height: int, width: int, shorter: int) -> tuple[int, int]:
