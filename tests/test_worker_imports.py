@@ -41,3 +41,29 @@ def test_a_worker_imports_only_the_models_its_run_uses(corpus: Path, tmp_path: P
         assert list(client.run(imported).values()) == [["torch", "torchvision"]]
     with open_store(store) as features:
         assert sorted(features.features("talk")) == ["c3d", "r3d_18", "resnet152", "vggish"]
+
+
+def test_loading_resnet152s_weights_draws_nothing_and_imports_no_dynamo(
+        corpus: Path, tmp_path: Path) -> None:
+    """With a weights file the network is built on the meta device and takes the file's
+    tensors: nn.init there would import torch._dynamo (1.4 s of each worker's start)."""
+    import torch
+
+    from vidfeat.extractors.resnet_network import ResNet152
+
+    torch.manual_seed(3)
+    weights = tmp_path / "resnet152.pth"
+    torch.save(ResNet152().state_dict(), weights)
+
+    def dynamo_imported() -> bool:
+        import sys
+
+        return "torch._dynamo" in sys.modules
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None, preload=[WARMUP]) as cluster, \
+            Client(cluster) as client:
+        assert main(["extract", str(corpus / "talk.mp4"), "--store", str(tmp_path / "store"),
+                     "--features", "resnet152", "--weights", f"resnet152={weights}",
+                     "--no-progress", "--scheduler", cluster.scheduler_address]) == 0
+        assert list(client.run(dynamo_imported).values()) == [False]

@@ -98,6 +98,10 @@ class ResNet152(nn.Module):
         self.layer4 = self._layer(512, _BLOCKS[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * Bottleneck.expansion, num_classes)
+        if self.fc.weight.is_meta:
+            # built to take loaded weights: nothing to draw, and nn.init's normal_ on the
+            # meta device imports torch._dynamo (1.4 s of a worker's start)
+            return
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
