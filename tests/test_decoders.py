@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import ffmpeg, make_video
 from vidfeat.errors import ConfigError, DecodeError
+from vidfeat.extractors.base import FrameSampler
 from vidfeat.media import DECODERS, check_decoder, frame_times, iter_frames, probe
 from vidfeat.media.tools import executable
 
@@ -28,7 +30,8 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made = {"cfr": root / "cfr.mp4", "vfr": root / "vfr.mp4", "concat": root / "concat.mkv",
             "rotated": root / "rotated.mp4", "webm": root / "clip.webm",
             "edit_list": root / "edit_list.mp4", "open_gop": root / "open_gop.mp4",
-            "ts": root / "mpegts.ts", "opus_mkv": root / "opus.mkv", "mpeg_ps": root / "mpeg2.mpg"}
+            "ts": root / "mpegts.ts", "opus_mkv": root / "opus.mkv", "mpeg_ps": root / "mpeg2.mpg",
+            "hevc": root / "hevc.mp4"}
     # keyframes every 5 frames with B-frames: windows start between keyframes
     ffmpeg(*lavfi, "testsrc2=size=96x72:rate=8", "-t", "3", *h264, "-g", "5", str(made["cfr"]))
     # 20 frames at 0.05 s, then 0.1 s apart up to 3 s
@@ -56,6 +59,8 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # MPEG-2 in an MPEG program stream (timestamps from 0.5 s): decord returns it one GOP late
     ffmpeg(*lavfi, "testsrc2=size=96x72:rate=25", "-t", "2", "-c:v", "mpeg2video",
            str(made["mpeg_ps"]))
+    ffmpeg(*lavfi, "testsrc2=size=96x72:rate=12", "-t", "3", "-c:v", "libx265", "-pix_fmt",
+           "yuv420p", "-x265-params", "log-level=error", str(made["hevc"]))
     return made
 
 
@@ -127,6 +132,47 @@ def test_windows_stitch_into_the_unsplit_decode(videos: dict, decoder: str, name
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), times)
     np.testing.assert_array_equal(np.concatenate([p[1] for p in parts if len(p[0])]), pixels)
     assert [i for p in parts for i in p[2]] == indices == list(range(len(times)))
+
+
+@pytest.mark.parametrize("name", ["cfr", "vfr", "concat", "edit_list", "open_gop", "ts", "hevc",
+                                  "webm", "mpeg_ps"])
+@pytest.mark.parametrize("fps", [1.0, 3.0])
+def test_frames_nobody_wants_are_left_undecoded_and_the_others_are_exact(
+        videos: dict, name: str, fps: float) -> None:
+    """A 1 fps sampler wants few frames: PyAV leaves H.264's and HEVC's non-reference frames
+    it turns down undecoded (other codecs decode everything). Whatever it leaves out, every
+    frame the sampler takes from the whole decode comes out with the same number, time and
+    pixels, in windows too."""
+    times, pixels, indices = _decode(videos[name], "pyav")
+    taken = _taken(videos[name], fps)
+    cuts = [None, float(times[len(times) // 3]), float(times[2 * len(times) // 3] + 0.01), None]
+    decoded = 0
+    for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
+        window = {key: value for key, value in (("start_time", start), ("stop_time", stop))
+                  if value is not None}
+        first = 0 if start is None else int(np.searchsorted(times, start - 1e-6))
+        sampler = FrameSampler(lambda frame: None, fps=fps, start_time=start)  # wants() only
+        frames = list(iter_frames(probe(videos[name]), first_index=first, wanted=sampler.wants,
+                                  **window))
+        decoded += len(frames)
+        for frame in frames:
+            assert frame.time == times[frame.index]
+            np.testing.assert_array_equal(frame.rgb, pixels[frame.index])
+        last = len(times) if stop is None else int(np.searchsorted(times, stop - 1e-6))
+        assert {i for i in taken if first <= i < last} <= {frame.index for frame in frames}
+    if name in ("cfr", "vfr", "ts", "hevc") and fps == 1.0:
+        assert decoded < len(indices)  # B-frames left out
+    if name in ("webm", "mpeg_ps"):
+        assert decoded == len(indices)  # VP9, MPEG-2: every frame decoded
+
+
+def _taken(path: Path, fps: float) -> set[int]:
+    """The frames a sampler at ``fps`` takes from the whole decode."""
+    sampler = FrameSampler(lambda frame: torch.tensor(frame.index), fps=fps)
+    frames = list(iter_frames(probe(path)))
+    items = [item for frame in frames for item in sampler.push(frame)]
+    items += sampler.finish(frames[-1].end)
+    return {int(item.tensor) for item in items}
 
 
 @pytest.mark.parametrize("decoder", DECODERS)

@@ -184,6 +184,32 @@ def _visual_rows(pool: ExtractorPool, paths: list[Path], store: Path, decoder: s
     return {(p.stem, name): _rows(store, p.stem, name) for p in paths for name in pool.specs}
 
 
+def test_a_frame_model_alone_decodes_only_the_frames_it_may_take(videos: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    """ResNet-152 at 1 fps wants one frame a second: H.264's non-reference frames between are
+    left undecoded. Its rows are exactly those of a run that decodes every frame (C3D beside
+    it needs them all)."""
+    from vidfeat.storage.index import StoreIndex
+
+    paths = [videos["cfr"], videos["vfr"], videos["ts"]]
+    rows, frames = {}, {}
+    for names in (("resnet152",), ("resnet152", "c3d")):
+        pool = ExtractorPool({n: ExtractorSpec(n, {}, random_weights=True) for n in names},
+                             "cpu")
+        store = create_store(tmp_path / "-".join(names))
+        report = Engine(pool, batch_size=4, dtype="float32").run(
+            [WorkUnit(VideoSource(p.stem, str(p)), "visual", names, f"xx/{p.stem}", probe(p))
+             for p in paths], str(store))
+        assert {o.status for o in report.outcomes} == {"ok"}
+        StoreIndex(store).recover()
+        rows[names] = {p.stem: _rows(store, p.stem, "resnet152") for p in paths}
+        frames[names] = report.frames
+    assert frames["resnet152",] < 0.8 * frames["resnet152", "c3d"]
+    for video, (data, times) in rows["resnet152", "c3d"].items():
+        np.testing.assert_array_equal(rows["resnet152",][video][1], times)
+        np.testing.assert_array_equal(rows["resnet152",][video][0], data)
+
+
 class _PoolDecodingOnAGpu(ExtractorPool):
     """Models on the CPU (there is no GPU here) but frames asked of the GPU, as on a GPU
     worker with --decoder torchcodec: torchcodec really refuses to open them on cuda here."""

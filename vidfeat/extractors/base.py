@@ -49,6 +49,15 @@ class Item:
 class Sampler(ABC):
     """Per-video state of one visual extractor: takes frames in order, returns ready items."""
 
+    #: whether ``wants`` can turn frames down (else the sampler needs every frame)
+    selective = False
+
+    def wants(self, time: float, next_time: float) -> bool:
+        """Whether the frame shown from ``time`` until ``next_time`` (the next frame's time)
+        may be taken: a frame no sampler wants need not be decoded. Erring towards True only
+        costs decoding."""
+        return True
+
     @abstractmethod
     def push(self, frame: Frame) -> list[Item]: ...
 
@@ -254,8 +263,18 @@ class FrameSampler(Sampler):
         self._segment = start_time is not None
         if start_time is not None and fps is not None:
             self._next_target = max(0, math.ceil((start_time - _SAME_INSTANT) * fps))
+        self._first_target = self._next_target
+        self.selective = fps is not None
         self._previous: Frame | None = None
         self._pending: list[tuple[torch.Tensor, float]] = []
+
+    def wants(self, time: float, next_time: float) -> bool:
+        """With ``fps``: whether a target time falls while the frame is shown, widened by twice
+        the tolerance ``push`` compares with (so float rounding can only keep a frame)."""
+        if self._fps is None:
+            return True
+        first = max(self._first_target, math.ceil((time - 2 * _SAME_INSTANT) * self._fps))
+        return first / self._fps < next_time + 2 * _SAME_INSTANT
 
     def _take(self, frame: Frame, copies: int = 1) -> list[Item]:
         ready = [Item(t, s, frame.time) for t, s in self._pending]

@@ -18,7 +18,7 @@ import decord
 import numpy as np
 
 from vidfeat.errors import ConfigError, DecodeError
-from vidfeat.media.frames import TIME_TOLERANCE, Decoded, last_line
+from vidfeat.media.frames import TIME_TOLERANCE, Decoded, Wanted, last_line
 from vidfeat.media.probe import MediaInfo
 from vidfeat.media.remote import local_copy
 from vidfeat.media.timeline import PacketTimes, packet_times
@@ -34,8 +34,9 @@ _SHIFTED = {
 
 
 def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
-           device: str) -> Iterator[Decoded]:
-    """Frames in presentation order from the first frame at or after ``start_time``."""
+           device: str, wanted: Wanted | None = None) -> Iterator[Decoded]:
+    """Frames in presentation order from the first frame at or after ``start_time``; every
+    frame (decord cannot leave out the ones ``wanted`` turns down)."""
     if device != "cpu":
         raise ConfigError(f"{info.path}: the decord wheel on PyPI decodes on the CPU only, not "
                           f"{device!r}; use --decoder torchcodec to decode on a GPU")

@@ -17,7 +17,7 @@ import numpy as np
 from torchcodec.decoders import VideoDecoder
 
 from vidfeat.errors import DecodeError, DeviceDecodeError
-from vidfeat.media.frames import TIME_TOLERANCE, Decoded, last_line
+from vidfeat.media.frames import TIME_TOLERANCE, Decoded, Wanted, last_line
 from vidfeat.media.probe import MediaInfo
 from vidfeat.media.remote import local_copy
 from vidfeat.media.timeline import frame_times
@@ -28,11 +28,12 @@ _CHUNK_BYTES = 64 << 20  # a kept frame keeps its chunk's tensor alive: bound it
 
 
 def decode(info: MediaInfo, *, start_time: float | None, threads: int | None,
-           device: str) -> Iterator[Decoded]:
+           device: str, wanted: Wanted | None = None) -> Iterator[Decoded]:
     """Frames with presentation time from ``start_time`` on, in chunks of consecutive frames,
     as H x W x 3 uint8 tensors on ``device`` (kept as tensors on the CPU too, so the CPU path
-    runs the code a GPU decode does). Raises DeviceDecodeError when the file cannot be opened
-    on a device other than the CPU: the caller may decode it on the CPU instead."""
+    runs the code a GPU decode does); every frame, whatever ``wanted`` says. Raises
+    DeviceDecodeError when the file cannot be opened on a device other than the CPU: the caller
+    may decode it on the CPU instead."""
     # torchcodec's exact mode reads a file object through once to index it, then again to
     # decode: a video by URL is spooled to disk and read from there
     with local_copy(info.path) as local:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,12 +32,20 @@ _PACKAGES = {"pyav": "av", "decord": "decord", "torchcodec": "torchcodec"}
 
 class Decoded(NamedTuple):
     """What a backend yields: ``image`` is an ``av.VideoFrame`` (converted lazily), an H x W x 3
-    uint8 array or tensor, and ``rotation`` the clockwise degrees still to apply to it."""
+    uint8 array or tensor, and ``rotation`` the clockwise degrees still to apply to it.
+    ``skipped``: the times of the frames just before this one that were left undecoded (not
+    wanted), so that frame numbers stay those of the whole video."""
 
     time: float
     duration: float
     image: Any
     rotation: int
+    skipped: tuple[float, ...] = ()
+
+
+#: ``wanted(time, next_time)``: whether the frame shown from ``time`` until ``next_time`` is
+#: needed (a backend may then leave it undecoded where the codec allows)
+Wanted = Callable[[float, float], bool]
 
 
 _local = threading.local()
@@ -142,7 +150,7 @@ def _backend(decoder: str) -> Any:
 def iter_frames(info: MediaInfo, *, decoder: str = DEFAULT_DECODER,
                 start_time: float | None = None, stop_time: float | None = None,
                 first_index: int = 0, threads: int | None = None,
-                device: str = "cpu") -> Iterator[Frame]:
+                device: str = "cpu", wanted: Wanted | None = None) -> Iterator[Frame]:
     """The frames of the first video stream of ``info.path`` in presentation order.
 
     ``start_time``/``stop_time`` (seconds from the container start, as ``Frame.time``) keep the
@@ -151,6 +159,8 @@ def iter_frames(info: MediaInfo, *, decoder: str = DEFAULT_DECODER,
     the frames of an unsplit decode. The first frame kept is numbered ``first_index``.
     ``threads``: decoder threads (None: the backend's choice, usually one per core).
     ``device``: "cpu", or "cuda"/"cuda:N" for torchcodec (frames stay on the GPU: ``tensor``).
+    ``wanted``: frames it turns down may be left out, where the backend can skip decoding
+    them (PyAV, non-reference H.264/HEVC frames); the others keep their numbers.
 
     Raises DecodeError naming the file when the decode fails or ends before the time the
     container header gives for the video's end (or before ``stop_time``), saying which frames
@@ -161,13 +171,15 @@ def iter_frames(info: MediaInfo, *, decoder: str = DEFAULT_DECODER,
         raise ConfigError(f"decoder threads must be >= 0 (0: automatic), not {threads}")
     lower = -np.inf if start_time is None else start_time - TIME_TOLERANCE
     upper = np.inf if stop_time is None else stop_time - TIME_TOLERANCE
-    decoded = backend.decode(info, start_time=start_time, threads=threads, device=device)
+    decoded = backend.decode(info, start_time=start_time, threads=threads, device=device,
+                             wanted=wanted)
     nominal = 1.0 / info.fps if info.fps > 0 else 1.0 / 25
     index = first_index
     reached = start_time or 0.0
     try:
         with closing(decoded):
             for item in decoded:
+                index += sum(1 for time in item.skipped if lower <= time < upper)
                 if item.time < lower:
                     continue
                 if item.time >= upper:

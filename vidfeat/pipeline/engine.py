@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from vidfeat.errors import DeviceDecodeError, VidfeatError
-from vidfeat.extractors.base import Extractor, Item
+from vidfeat.extractors.base import Extractor, Item, Sampler
 from vidfeat.extractors.pool import ExtractorPool
 from vidfeat.media import Frame, MediaInfo, iter_frames, probe
 from vidfeat.media.audio import iter_audio
+from vidfeat.media.frames import Wanted
 from vidfeat.media.remote import remember
 from vidfeat.pipeline.corpus import video_attrs
 from vidfeat.pipeline.plan import Segment, WorkUnit
@@ -269,7 +270,7 @@ class Engine:
         samplers = {name: f.extractor.sampler(info, start_time=start) for name, f in live.items()}
         takes_frames = {name: f.extractor.modality == "frames" for name, f in live.items()}
         end = 0.0
-        for frame in self._frames(state, info, segment):
+        for frame in self._frames(state, info, segment, _wanted(list(samplers.values()))):
             state.frames += 1
             end = frame.end
             for name, sampler in samplers.items():
@@ -318,13 +319,14 @@ class Engine:
             self._put(state, name, stream.finish(), math.inf, messages)
             live[name].padded = stream.padded
 
-    def _frames(self, state: _Unit, info: MediaInfo, segment: Segment | None
-                ) -> Iterator[Frame]:
+    def _frames(self, state: _Unit, info: MediaInfo, segment: Segment | None,
+                wanted: Wanted | None) -> Iterator[Frame]:
         """The unit's frames, on the GPU where the pool decodes there; a GPU decoder that
         cannot start (no NVDEC for this codec, an FFmpeg without CUDA) leaves the CPU's."""
         device = state.decode_device = self.pool.decode_device(self.decoder)
         if device != "cpu":
-            frames = _frames(info, segment, self.decoder, self._threads_per_decoder, device)
+            frames = _frames(info, segment, self.decoder, self._threads_per_decoder, device,
+                             wanted)
             try:
                 first = next(frames)
             except StopIteration:
@@ -336,7 +338,8 @@ class Engine:
                 yield first
                 yield from frames
                 return
-        yield from _frames(info, segment, self.decoder, self._threads_per_decoder, "cpu")
+        yield from _frames(info, segment, self.decoder, self._threads_per_decoder, "cpu",
+                           wanted)
 
     @staticmethod
     def _put(state: _Unit, name: str, items: list[Item], stop: float,
@@ -375,14 +378,23 @@ class _Pack:
 
 
 def _frames(info: MediaInfo, segment: Segment | None, decoder: str, threads: int | None,
-            device: str) -> Iterator[Frame]:
+            device: str, wanted: Wanted | None) -> Iterator[Frame]:
     """The frames a unit needs: the whole video, or a segment's decode range (whole-video
     frame indices, so that samplers pick the same frames as an unsplit run)."""
     if segment is None:
-        return iter_frames(info, decoder=decoder, threads=threads, device=device)
+        return iter_frames(info, decoder=decoder, threads=threads, device=device, wanted=wanted)
     stop = None if math.isinf(segment.decode_stop_time) else segment.decode_stop_time
     return iter_frames(info, decoder=decoder, threads=threads, start_time=segment.seek_time,
-                       stop_time=stop, first_index=segment.start_frame, device=device)
+                       stop_time=stop, first_index=segment.start_frame, device=device,
+                       wanted=wanted)
+
+
+def _wanted(samplers: list[Sampler]) -> Wanted | None:
+    """The frames any of a unit's samplers may take, where every one of them can say (one
+    that needs every frame, a clip model's, makes the decoder decode them all)."""
+    if not samplers or not all(sampler.selective for sampler in samplers):
+        return None
+    return lambda time, next_time: any(sampler.wants(time, next_time) for sampler in samplers)
 
 
 def _record(feature: _Feature, unit: WorkUnit, decoded_by: tuple[str, str] | None
