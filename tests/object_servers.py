@@ -59,7 +59,10 @@ class MotoServer:
                 {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
                 {"Effect": "Deny", "Action": "s3:GetObject",
                  "Resource": "arn:aws:s3:::locked/*"},
-                {"Effect": "Deny", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::hidden"},
+                # AWS checks s3:ListBucket for a listing; moto 5.2.6 enforces the calls' names
+                {"Effect": "Deny", "Action": ["s3:ListBucket", "s3:ListObjects",
+                                             "s3:ListObjectsV2"],
+                 "Resource": "arn:aws:s3:::hidden"},
             ]}))
         key = iam.create_access_key(UserName="vidfeat")["AccessKey"]
         self.key_id, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
