@@ -107,9 +107,10 @@ class _Skipper:
         if stamp is None:
             return ()
         cut = bisect.bisect_left(self._droppable, stamp)
-        dropped = self._droppable[:cut]
-        del self._droppable[:cut + (cut < len(self._droppable)
-                                    and self._droppable[cut] == stamp)]
+        dropped, later = self._droppable[:cut], self._droppable[cut:]
+        if later and later[0] == stamp:  # a reference frame: decoded whatever it was told
+            later = later[1:]
+        self._droppable = later
         return tuple(s * self._base - self._offset for s in dropped)
 
     def _remember(self, stamp: int | None) -> None:
