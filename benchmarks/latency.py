@@ -17,7 +17,10 @@ Prints, measured in one run on this machine (random weights, fp32, default optio
    batch 1 on the frames picked at 1 fps; the goal: vidfeat >= 1.5x faster), with vidfeat's
    model time; the same JPEG path is also timed as a whole program (interpreter, imports and
    model build included, as vidfeat's command is), which is what a user running either sees;
-   ``--bf16`` adds a run with ``--precision bf16``; ``--no-side-by-side`` leaves it out.
+   ``--bf16`` adds a run with ``--precision bf16``; ``--no-side-by-side`` leaves it out;
+5. with the side by side, ResNet-152 as a worker runs it (one thread, a batch of 10) against
+   this CPU's own one-thread matrix multiply (GFLOP/s of each), and what that rate leaves of
+   the 1.5x goal: the model's time alone, on the run's workers, against the goal's budget.
 
 Figures and the machine they were measured on are in docs/benchmarks.md.
 """
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from vidfeat.media.tools import executable
@@ -91,10 +95,56 @@ def extract(sources: list[str], store: Path, feature: str, workers: int,
                   "--workers", str(workers), *flags])
 
 
+def _report(store: Path) -> dict:
+    return json.loads(sorted((store / "runs").glob("*.json"))[-1].read_text())
+
+
 def model_seconds(store: Path) -> float:
     """The model seconds the newest run report records, summed over features."""
-    report = json.loads(sorted((store / "runs").glob("*.json"))[-1].read_text())
-    return sum(entry["seconds"] for entry in report["throughput"].values())
+    return sum(entry["seconds"] for entry in _report(store)["throughput"].values())
+
+
+def model_rate(batch: int = 10) -> float:
+    """Seconds a frame of ResNet-152 as a worker runs it (one torch thread, ``batch`` frames,
+    random weights); prints its GFLOP/s against this CPU's one-thread matrix multiply (2048 x
+    2048 float32), the most a dense float32 network can expect of one core."""
+    import torch
+    from torch import nn
+
+    from vidfeat.extractors.pool import ExtractorPool
+    from vidfeat.extractors.spec import ExtractorSpec
+
+    torch.set_num_threads(1)
+    spec = ExtractorSpec("resnet152", {}, random_weights=True)
+    extractor = ExtractorPool({"resnet152": spec}, "cpu").get("resnet152")
+    multiply_adds = []
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        fan_in = (module.in_features if isinstance(module, nn.Linear) else
+                  module.in_channels // module.groups * module.weight[0, 0].numel())
+        multiply_adds.append(output.numel() * fan_in)
+
+    hooks = [module.register_forward_hook(count) for module in extractor.network().modules()
+             if isinstance(module, (nn.Conv2d, nn.Linear))]
+    frames = torch.rand(batch, 3, 224, 224)
+    extractor.embed(frames)
+    for hook in hooks:
+        hook.remove()
+    flop = 2 * sum(multiply_adds) / batch
+    per_frame = min(_seconds(lambda: extractor.embed(frames)) for _ in range(3)) / batch
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    peak = 2 * 2048 ** 3 / min(_seconds(lambda: a @ b) for _ in range(5))
+    print(f"resnet152 as a worker runs it (one thread, batch {batch}): {1000 * per_frame:.0f} "
+          f"ms and {flop / 1e9:.1f} GFLOP a frame, {flop / per_frame / 1e9:.0f} GFLOP/s; this "
+          f"CPU's one-thread float32 matrix multiply: {peak / 1e9:.0f} GFLOP/s (the model at "
+          f"{flop / per_frame / peak:.0%} of it)")
+    return per_frame
+
+
+def _seconds(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
 
 
 def side_by_side(work: Path, workers: int, bf16: bool) -> None:
@@ -110,15 +160,23 @@ def side_by_side(work: Path, workers: int, bf16: bool) -> None:
     jpeg_program = timed([sys.executable, "-c", JPEG_PROGRAM.format(
         benchmarks=str(Path(__file__).parent), paths=[str(path) for path in paths],
         scratch=str(work / "jpeg-program"))])
+    seconds = {}
     for precision in ("fp32", "bf16") if bf16 else ("fp32",):
         store = work / f"forty-{precision}"
         ours = extract([str(corpus)], store, "resnet152", workers, "--precision", precision)
+        seconds[precision] = ours
         print(f"resnet152 on 3 x 40 s 640x360: naive JPEG path {jpeg:.1f} s, vidfeat extract "
               f"--precision {precision} {ours:.1f} s: {jpeg / ours:.2f}x faster; vidfeat's "
               f"model time {model_seconds(store):.1f} s summed over its {workers} workers "
               f"(the 1.5x goal: a whole run within {jpeg / 1.5:.1f} s); the JPEG path as a "
               f"whole program (python, imports and model build included) {jpeg_program:.1f} s: "
               f"{jpeg_program / ours:.2f}x")
+    rows = _report(work / "forty-fp32")["throughput"]["resnet152"]["rows"]
+    alone = rows * model_rate() / workers
+    print(f"the model alone at that rate: {rows} frames on {workers} workers, {alone:.1f} s of "
+          f"the {jpeg / 1.5:.1f} s the 1.5x goal allows; {jpeg / 1.5 - alone:.1f} s left for "
+          f"everything else (vidfeat's fp32 run took {seconds['fp32'] - alone:.1f} s beyond "
+          f"it)")
 
 
 def main() -> None:
