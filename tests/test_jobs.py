@@ -511,6 +511,45 @@ def test_a_second_local_cluster_in_one_process_gets_its_own_thread_counts() -> N
     assert seen == {(str(cores), cores)}
 
 
+def _maps_torch(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as maps:
+        return "libtorch_cpu" in maps.read()
+
+
+@pytest.mark.slow  # a whole run in a fresh driver process
+def test_local_workers_are_forked_from_one_process_that_imported_torch_for_them(
+        corpus: Path, tmp_path: Path) -> None:
+    """`vidfeat extract` on a local CPU cluster: the driver never loads torch; its one
+    forkserver has torch loaded when it forks the workers, which are its children."""
+    import psutil
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vidfeat", "extract", str(corpus / "talk.mp4"), "--store",
+         str(tmp_path / "store"), "--features", "vggish", "--random-weights", "--no-progress",
+         "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = psutil.Process(process.pid)
+    seen: dict[int, tuple[int, str, bool]] = {}
+    driver_loaded_torch = False
+    while process.poll() is None:
+        try:
+            driver_loaded_torch |= _maps_torch(driver.pid)
+            for child in driver.children(recursive=True):
+                seen[child.pid] = (child.ppid(), " ".join(child.cmdline()),
+                                   _maps_torch(child.pid))
+        except (psutil.Error, OSError):  # a process that ended between two reads
+            pass
+        time.sleep(0.05)
+    out, err = process.communicate()
+    assert process.returncode == 0, out + err
+    assert not driver_loaded_torch
+    forkservers = [pid for pid, (parent, command, _) in seen.items()
+                   if parent == driver.pid and "forkserver" in command]
+    assert len(forkservers) == 1, seen
+    assert seen[forkservers[0]][2], "the forkserver never loaded torch"
+    workers = [pid for pid, (parent, _, _) in seen.items() if parent == forkservers[0]]
+    assert len(workers) == 2, seen
+
+
 def test_a_kubernetes_job_reads_a_bucket_with_pod_credentials(tmp_path: Path) -> None:
     """Videos from a bucket: no volume for them; the pods that read videos get the bucket's
     credentials from a service account and a Secret, and the job file holds none."""

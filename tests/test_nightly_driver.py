@@ -466,10 +466,14 @@ def _contents(store: Path) -> dict[tuple[str, str], tuple[str, str, object]]:
 
 
 def _workers(driver: psutil.Process) -> list[psutil.Process]:
+    """The worker processes: spawned ones, and those forked by the driver's forkserver (not
+    the forkserver itself, the driver's own child)."""
     workers = []
     for child in driver.children(recursive=True):
         try:
-            if any("spawn_main" in part for part in child.cmdline()):
+            command = " ".join(child.cmdline())
+            if "spawn_main" in command or ("forkserver" in command
+                                           and child.ppid() != driver.pid):
                 workers.append(child)
         except psutil.Error:
             continue

@@ -4,11 +4,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from vidfeat.errors import ClusterError, ConfigError
 from vidfeat.jobs.spec import ClusterSpec, quiet_distributed
+
+
+class ClusterOpener:
+    """How a run opens the cluster ``spec`` describes: calling it gives ``open_client(spec)``;
+    ``start_early()``, which the run calls once it knows it needs workers, before anything
+    else, starts what can start before the cluster (a local cluster's forkserver)."""
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self.spec = spec
+
+    def __call__(self) -> AbstractContextManager[Any]:
+        return open_client(self.spec)
+
+    def start_early(self) -> None:
+        spec = self.spec.resolved()
+        if spec.kind == "local" and not spec.gpus and spec.workers:
+            from vidfeat.jobs.local import start_forkserver
+
+            start_forkserver(spec.workers, spec.threads_per_worker)
 
 
 @contextmanager

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from vidfeat.errors import ConfigError, StoreError, WeightsError
-from vidfeat.jobs.cluster import open_client
+from vidfeat.jobs.cluster import ClusterOpener
 from vidfeat.jobs.jobfile import Job
 from vidfeat.jobs.spec import ClusterSpec
 from vidfeat.options import RunOptions
@@ -29,7 +28,7 @@ def run_extract(sources: list[str], store: str | Path, options: RunOptions,
     ``vidfeat.pipeline.run.run_extraction`` (configuration, allowed_failures); wait_lock,
     task_timeout and retry_failed are ``options``'."""
     cluster = cluster or ClusterSpec()
-    return run_extraction(sources, store, options, partial(open_client, cluster), **run)
+    return run_extraction(sources, store, options, ClusterOpener(cluster), **run)
 
 
 def run_job(job: Job) -> RunReport:

@@ -52,7 +52,8 @@ def run_extraction(sources: list[str], store: str | Path, options: RunOptions,
 
     The driver imports no torch: extractors the store's memo does not know are described by
     a worker, so the cluster opens as soon as one is needed (while preparing, then), and not
-    at all when every video is up to date."""
+    at all when every video is up to date. ``open_cluster`` may also have a ``start_early()``,
+    called then, before anything else (``vidfeat.jobs.cluster.ClusterOpener``)."""
     started = time.time()
     with contextlib.ExitStack() as stack:
         cluster = _Cluster(open_cluster, stack, allowed_failures, options)
@@ -120,6 +121,10 @@ class _Cluster:
 
     def client(self) -> Any:
         if self._client is None:
+            start_early = getattr(self._open, "start_early", None)
+            if start_early is not None:  # before the seconds of importing distributed here
+                with _interrupts_ignored():
+                    start_early()
             import dask
             import distributed  # noqa: F401  (its config defaults, which dask.config.set extends)
 
