@@ -550,6 +550,25 @@ def test_local_workers_are_forked_from_one_process_that_imported_torch_for_them(
     assert len(workers) == 2, seen
 
 
+def _parent_and_mark() -> tuple[int, str | None]:
+    return os.getppid(), os.environ.get("VIDFEAT_TEST_MARK")
+
+
+@pytest.mark.slow  # starts a local cluster of worker processes
+def test_workers_see_a_variable_set_after_the_forkserver_started(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forkserver's children have its environment, from when it started: a process that
+    sets a variable later (a notebook, a test giving the workers VIDFEAT_HOME) gets spawned
+    workers, which see it, as they always did."""
+    from vidfeat.jobs.local import local_client, start_forkserver
+
+    start_forkserver(1)
+    monkeypatch.setenv("VIDFEAT_TEST_MARK", "set after the forkserver started")
+    with local_client(workers=1) as client:
+        seen = list(client.run(_parent_and_mark).values())
+    assert seen == [(os.getpid(), "set after the forkserver started")]
+
+
 def test_a_kubernetes_job_reads_a_bucket_with_pod_credentials(tmp_path: Path) -> None:
     """Videos from a bucket: no volume for them; the pods that read videos get the bucket's
     credentials from a service account and a Secret, and the job file holds none."""

@@ -6,7 +6,8 @@ torch and vidfeat's extractor contract once for them all (``FORKSERVER_PRELOAD``
 starts as soon as a run knows it needs workers (``start_forkserver``), while the driver still
 imports distributed and starts the scheduler. Spawned workers imported them each, after the
 driver had: a one-video run on a 2-core CPU took 0.45 s more, and 1.8 CPU-seconds. GPU
-workers are still spawned (a fresh process for each device).
+workers are still spawned (a fresh process for each device), and so are the CPU workers of a
+cluster started after this process's environment changed (``start_forkserver``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from vidfeat.jobs.worker_env import WARMUP, worker_environment
 
 #: what the forkserver of the CPU workers imports before it forks any
 FORKSERVER_PRELOAD = ["distributed", "torch", "vidfeat.extractors.base"]
+#: this process's environment when it started its forkserver
+_forkserver_environ: dict[str, str] | None = None
 
 
 @contextmanager
@@ -57,11 +60,11 @@ def local_client(workers: int, threads_per_worker: int = 1, gpus: int = 0) -> It
             yield client
             _quick_shutdown(client)
         return
-    start_forkserver(workers, threads_per_worker)
+    method = "forkserver" if start_forkserver(workers, threads_per_worker) else "spawn"
     # the scheduler's HTTP server on a free port: 8787 may be another run's
     with _environ_restored(list(environ)), \
             dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
-                             "distributed.worker.multiprocessing-method": "forkserver"}), \
+                             "distributed.worker.multiprocessing-method": method}), \
             LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                          processes=True, dashboard_address=":0",
                          silence_logs=logging.ERROR, preload=[WARMUP]) as cluster, \
@@ -70,22 +73,29 @@ def local_client(workers: int, threads_per_worker: int = 1, gpus: int = 0) -> It
         _quick_shutdown(client)
 
 
-def start_forkserver(workers: int, threads_per_worker: int = 1) -> None:
-    """Start this process's forkserver, if it is not running, importing ``FORKSERVER_PRELOAD``
-    (in the background: this returns at once). It gets the environment of the CPU workers of
-    a ``local_client(workers, threads_per_worker)``: what a process reads as it starts (the
+def start_forkserver(workers: int, threads_per_worker: int = 1) -> bool:
+    """Start this process's forkserver, if it has not been, importing ``FORKSERVER_PRELOAD``
+    (in the background: this returns at once), with the environment of the CPU workers of a
+    ``local_client(workers, threads_per_worker)``: what a process reads as it starts (the
     malloc tunables) or as torch loads (OpenMP's thread count) its children have from it; what
     a nanny sets later still reaches them (the torch threads a worker sets itself:
-    ``WorkerState``). It lives as long as this process; later clusters fork from it too."""
+    ``WorkerState``). It lives as long as this process. Whether workers forked from it now
+    would see this process's environment as spawned ones would: not once a variable changed
+    since it started (a notebook or a test session setting one between runs: those clusters
+    spawn their workers)."""
     import multiprocessing
     import os
     from multiprocessing import forkserver
 
-    environ = worker_environment(_torch_threads(workers, threads_per_worker, 0))
-    multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
-    with _environ_restored(list(environ)):
-        os.environ.update(environ)
-        forkserver.ensure_running()
+    global _forkserver_environ
+    if _forkserver_environ is None:
+        _forkserver_environ = dict(os.environ)
+        environ = worker_environment(_torch_threads(workers, threads_per_worker, 0))
+        multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
+        with _environ_restored(list(environ)):
+            os.environ.update(environ)
+            forkserver.ensure_running()
+    return dict(os.environ) == _forkserver_environ
 
 
 def _torch_threads(workers: int, threads_per_worker: int, gpus: int) -> int:
