@@ -1,6 +1,7 @@
 """The driver checks extractor options and decoders without torch: a job file's feature
-options, ``--set`` options and ``--decoder torchcodec`` are refused or accepted in a process
-that never imports torch or torchvision, by the same rules the extractors apply."""
+options, ``--set`` options (``compile`` among them, which checks for a C++ compiler) and
+``--decoder torchcodec`` are refused or accepted in a process that never imports torch or
+torchvision, by the same rules the extractors apply."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ features:
   c3d: {{layer: fc7, stride: 8, precision: bf16}}
   vggish: {{hop: 1.0, relu: true}}
   r2plus1d_18: {{stride: 4}}
-  r3d_18: {{clip_len: 8}}
+  r3d_18: {{clip_len: 8, compile: true}}
   s3d: {{clip_len: 16, stride: 8, compile: false}}
 decoder: torchcodec
 """
@@ -95,7 +96,8 @@ def test_the_cli_checks_set_options_of_every_builtin_and_the_decoder_without_tor
     video.write_bytes(b"not a video: never opened")
     settings = ["resnet152.frames=4", "resnet152.weights_version=v2", "c3d.pca=true",
                 "c3d.stride=8", "c3d.precision=bf16", "vggish.hop=1", "vggish.postprocess=true",
-                "r2plus1d_18.clip_len=8", "r3d_18.stride=4", "r3d_18.compile=false",
+                "r2plus1d_18.clip_len=8", "r2plus1d_18.compile=true", "r3d_18.stride=4",
+                "r3d_18.compile=false",
                 "s3d.stride=8", "s3d.clip_len=8"]
     argv = ["extract", str(video), "--store", str(tmp_path / "store"), "--no-progress",
             "--features", ",".join(BUILTIN), "--decoder", "torchcodec",

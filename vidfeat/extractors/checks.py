@@ -11,6 +11,9 @@ extractor is built: on a cluster, the workers' paths may not exist on the driver
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import socket
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -31,6 +34,15 @@ VGGISH_HOPS = (0.96, 1.0)
 #: the shortest clip each torchvision video model takes (S3D_Weights.KINETICS400_V1.meta
 #: ["min_temporal_size"]; the others take any)
 MIN_CLIP_LEN = {"r2plus1d_18": 1, "r3d_18": 1, "s3d": 14}
+
+
+def check_compiler() -> None:
+    """``--compile``'s AOTInductor builds C++: refuse early, in one line, on a machine without
+    a compiler (the driver's before the run, each worker's before a build)."""
+    compilers = [os.environ.get("CXX") or "g++", "clang++"]
+    if not any(shutil.which(compiler) for compiler in compilers):
+        raise ConfigError(f"--compile needs a C++ compiler ({' or '.join(compilers)}) on every "
+                          f"worker; {socket.gethostname()} has none (install g++)")
 
 
 def _positive_int(value: object) -> bool:

@@ -19,15 +19,13 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
-import socket
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from vidfeat.errors import ConfigError
+from vidfeat.extractors.checks import check_compiler
 from vidfeat.extractors.weights import home as weights_home
 
 #: the largest batch a package takes: the batch dimension is dynamic, so any --batch-size fits
@@ -37,14 +35,6 @@ MAX_BATCH = 4096
 def packages_dir() -> Path:
     """``$VIDFEAT_HOME/compiled`` (default ``~/.cache/vidfeat/compiled``), beside the weights."""
     return weights_home().parent / "compiled"
-
-
-def check_compiler() -> None:
-    """AOTInductor builds C++: refuse early, in one line, on a machine without a compiler."""
-    compilers = [os.environ.get("CXX") or "g++", "clang++"]
-    if not any(shutil.which(compiler) for compiler in compilers):
-        raise ConfigError(f"--compile needs a C++ compiler ({' or '.join(compilers)}) on every "
-                          f"worker; {socket.gethostname()} has none (install g++)")
 
 
 def processor(device: torch.device) -> str:

@@ -166,7 +166,7 @@ def extractor_specs(options: RunOptions) -> dict[str, ExtractorSpec]:
                                     options.random_weights, options.weights_dir, precision,
                                     compiled)
         if compiled:
-            from vidfeat.extractors.compiled import check_compiler
+            from vidfeat.extractors.checks import check_compiler
 
             check_compiler()  # the driver's machine; each worker checks its own before a build
     return specs
