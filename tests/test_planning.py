@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ffmpeg
+from conftest import ffmpeg, make_video
 from distributed import Client, LocalCluster
 
 from vidfeat import open_store
@@ -100,3 +100,26 @@ def test_a_high_bitrate_long_video_is_split(tmp_path: Path) -> None:
     with open_store(store) as features:
         assert features.times("noisy", "resnet152")[:, 0].tolist() == [
             pytest.approx(t) for t in range(0, 30, 4)]
+
+
+@pytest.mark.slow
+def test_a_stitch_runs_on_the_worker_whose_segment_just_finished(tmp_path: Path) -> None:
+    """That worker's task slot is the one free: elsewhere the stitch would wait behind a model
+    task while this worker idles. Two long videos on two workers, so that when one video's
+    last segment ends, the other worker is busy with the other video."""
+    videos = [make_video(tmp_path / f"long{i}.mp4", seconds=12, audio=False) for i in (1, 2)]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as observer:
+        observer.get_task_stream()
+        started = time.time()
+        assert main(["extract", *map(str, videos), "--store", str(tmp_path / "store"),
+                     "--features", "resnet152", "--segment-seconds", "3", "--random-weights",
+                     "--no-progress", "--scheduler", cluster.scheduler_address]) == 0
+        tasks = observer.get_task_stream(start=started)
+    ended = {task["key"]: (max(s["stop"] for s in task["startstops"]), task["worker"])
+             for task in tasks}
+    for video in ("long1", "long2"):
+        segments_ran = [ended[key] for key in ended if key.startswith(f"vidfeat-{video}-")]
+        (stitch,) = [ended[key] for key in ended if key.startswith(f"vidfeat-stitch-{video}-")]
+        assert len(segments_ran) == 4
+        assert stitch[1] == max(segments_ran)[1]
