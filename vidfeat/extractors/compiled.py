@@ -3,7 +3,9 @@ built by AOTInductor with freezing (batch norms folded into the convolutions, we
 pre-packed for oneDNN), cached as a ``.pt2`` package and loaded by every later run.
 
 Measured on the 2-core AMX development CPU in fp32: ResNet-152 1.3-1.5x faster than eager
-channels-last, C3D 1.08x, VGGish 1.1x; rows within 5e-7 relative of eager. Building takes
+channels-last, C3D 1.08x, VGGish 1.1x; rows within 5e-7 relative of eager. Since the eager
+ResNet-152 runs every convolution on oneDNN (``resnet_network``), it is the faster of the two
+on an AVX2-only CPU (7-9 % less model time than its package, docs/how-a-run-works.md). Building takes
 40-60 s for ResNet-152 on that machine, once per machine and configuration: a package
 is keyed by the extractor's config hash (weights, options, precision), the input's shape and
 strides, torch's version and the processor (CPU instruction set or CUDA capability), so a
