@@ -5,8 +5,9 @@ pre-packed for oneDNN), cached as a ``.pt2`` package and loaded by every later r
 Measured on the 2-core AMX development CPU in fp32: ResNet-152 1.3-1.5x faster than eager
 channels-last, C3D 1.08x, VGGish 1.1x; rows within 5e-7 relative of eager. Since the eager
 ResNet-152 runs every convolution on oneDNN (``resnet_network``), it is the faster of the two
-on an AVX2-only CPU (7-9 % less model time than its package, docs/how-a-run-works.md). Building takes
-40-60 s for ResNet-152 on that machine, once per machine and configuration: a package
+on an AVX2-only CPU (7-9 % less model time than its package, docs/how-a-run-works.md).
+Building takes 40-60 s for ResNet-152 on the AMX machine, once per machine and configuration:
+a package
 is keyed by the extractor's config hash (weights, options, precision), the input's shape and
 strides, torch's version and the processor (CPU instruction set or CUDA capability), so a
 cache directory shared by a cluster serves every host of the same kind.
