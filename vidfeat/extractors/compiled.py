@@ -7,10 +7,9 @@ channels-last, C3D 1.08x, VGGish 1.1x; rows within 5e-7 relative of eager. Since
 ResNet-152 runs every convolution on oneDNN (``resnet_network``), it is the faster of the two
 on an AVX2-only CPU (7-9 % less model time than its package, docs/how-a-run-works.md).
 Building takes 40-60 s for ResNet-152 on the AMX machine, once per machine and configuration:
-a package
-is keyed by the extractor's config hash (weights, options, precision), the input's shape and
-strides, torch's version and the processor (CPU instruction set or CUDA capability), so a
-cache directory shared by a cluster serves every host of the same kind.
+a package is keyed by the extractor's config hash (weights, options, precision), the input's
+shape and strides, torch's version and the processor (CPU instruction set or CUDA
+capability), so a cache directory shared by a cluster serves every host of the same kind.
 
 With ``--precision bf16|fp16`` the autocast is traced into the package (VGGish bf16: the same
 0.26 % error as eager autocast).
