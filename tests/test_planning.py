@@ -123,3 +123,20 @@ def test_a_stitch_runs_on_the_worker_whose_segment_just_finished(tmp_path: Path)
         (stitch,) = [ended[key] for key in ended if key.startswith(f"vidfeat-stitch-{video}-")]
         assert len(segments_ran) == 4
         assert stitch[1] == max(segments_ran)[1]
+
+
+def test_a_stitch_whose_segments_worker_is_unknown_is_placed_by_dask() -> None:
+    from vidfeat.pipeline.execute import _where_it_ran
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        segment = client.submit(sum, [1, 2], pure=False)
+        assert segment.result() == 3
+        assert _where_it_ran(client, segment) == {
+            "workers": list(cluster.scheduler.workers), "allow_other_workers": True}
+        key = segment.key
+        segment.release()  # the scheduler forgets it, as it does a result on a worker now gone
+        forgotten = type("Forgotten", (), {"key": key})()
+        assert _where_it_ran(client, forgotten) == {}
+        assert client.submit(sum, [3, 4], pure=False, **_where_it_ran(client, forgotten)
+                             ).result() == 7

@@ -478,12 +478,11 @@ def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]]
                     finished.append(future)
                     if len(finished) == segment.count and not stop.is_set():
                         del segments_done[name]
-                        here = _holder(client, future)
                         stitched = client.submit(_stitch, finished, modality, store,
                                                  run.options.dtype, pure=False,
                                                  key=f"vidfeat-stitch-{units[0].video.video_id}-"
                                                      f"{time.time_ns()}",
-                                                 workers=here, allow_other_workers=bool(here))
+                                                 **_where_it_ran(client, future))
                         stitches.add(stitched)
                         in_flight[stitched] = units
                         continue  # the stitch takes this slot
@@ -493,16 +492,18 @@ def _run_tasks(client: Any, run: PreparedRun, tasks: list[Task | list[WorkUnit]]
             submit_next()
 
 
-def _holder(client: Any, future: Any) -> list[str] | None:
-    """The worker that ran ``future``, whose task slot has just come free: a stitch goes
-    there (or elsewhere, should that worker be gone). Left to Dask, it goes where most of its
+def _where_it_ran(client: Any, future: Any) -> dict[str, Any]:
+    """``submit`` arguments for a task to run on the worker that ran ``future``, whose task
+    slot has just come free (or elsewhere, should that worker be gone); none when the
+    scheduler cannot say. A stitch goes there: left to Dask, it goes where most of its
     segments' rows are, which can be a worker in the middle of a model task while this one
     waits idle for the stitch to end (seen: 2.7 s of a 27 s run on 2 workers)."""
     try:
-        return list(client.who_has([future]).get(future.key, ())) or None
+        workers = list(client.who_has([future]).get(future.key, ()))
     except Exception as error:  # the scheduler's view only places the stitch; it still runs
         log.debug("where %s ran is unknown: %s", future.key, error)
-        return None
+        workers = []
+    return {"workers": workers, "allow_other_workers": True} if workers else {}
 
 
 class _TaskWatch:
