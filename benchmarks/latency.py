@@ -18,6 +18,8 @@ Prints, measured in one run on this machine (random weights, fp32, default optio
    model time; the same JPEG path is also timed as a whole program (interpreter, imports and
    model build included, as vidfeat's command is), which is what a user running either sees;
    ``--bf16`` adds a run with ``--precision bf16``; ``--no-side-by-side`` leaves it out;
+   ``--repeat N`` times the JPEG path and vidfeat's fp32 run N times, alternated, and prints
+   each pair and the median ratio (a machine whose speed drifts moves single figures);
 5. with the side by side, ResNet-152 as a worker runs it (one thread, a batch of 10) against
    this CPU's own one-thread matrix multiply (GFLOP/s of each), and what that rate leaves of
    the 1.5x goal: the model's time alone, on the run's workers, against the goal's budget.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,7 +150,7 @@ def _seconds(work: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def side_by_side(work: Path, workers: int, bf16: bool) -> None:
+def side_by_side(work: Path, workers: int, bf16: bool, repeat: int = 1) -> None:
     """The JPEG path's clock starts with its model built (see throughput.seed_path); vidfeat's
     with the command. vidfeat's model seconds (from its run report) say what is left once the
     model's own time is paid: the 1.5x goal needs the whole run within the JPEG path / 1.5."""
@@ -157,6 +160,8 @@ def side_by_side(work: Path, workers: int, bf16: bool) -> None:
     corpus.mkdir()
     paths = [make_video(corpus / f"f{k}.mp4", 40.0, "640x360") for k in range(3)]
     jpeg = seed_path(paths, work / "jpeg", ["resnet152"])
+    if repeat > 1:
+        _alternated(paths, corpus, work, workers, repeat, jpeg)
     jpeg_program = timed([sys.executable, "-c", JPEG_PROGRAM.format(
         benchmarks=str(Path(__file__).parent), paths=[str(path) for path in paths],
         scratch=str(work / "jpeg-program"))])
@@ -179,11 +184,33 @@ def side_by_side(work: Path, workers: int, bf16: bool) -> None:
           f"it)")
 
 
+def _alternated(paths: list[Path], corpus: Path, work: Path, workers: int, repeat: int,
+                jpeg: float) -> None:
+    """``repeat`` pairs of (JPEG path, vidfeat fp32), the first JPEG time already taken."""
+    from throughput import seed_path
+
+    ratios = []
+    for attempt in range(repeat):
+        if attempt:
+            shutil.rmtree(work / "jpeg", ignore_errors=True)
+            jpeg = seed_path(paths, work / "jpeg", ["resnet152"])
+        store = work / f"forty-repeat-{attempt}"
+        ours = extract([str(corpus)], store, "resnet152", workers)
+        ratios.append(jpeg / ours)
+        print(f"pair {attempt + 1}: JPEG path {jpeg:.1f} s, vidfeat {ours:.1f} s: "
+              f"{jpeg / ours:.2f}x")
+        shutil.rmtree(store, ignore_errors=True)
+    print(f"3 x 40 s, {repeat} alternated pairs: median {statistics.median(ratios):.2f}x "
+          f"(from {min(ratios):.2f}x to {max(ratios):.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=300)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-side-by-side", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="alternated pairs of the 3 x 40 s side by side (default 1)")
     parser.add_argument("--bf16", action="store_true",
                         help="the side by side also with --precision bf16")
     args = parser.parse_args()
@@ -213,7 +240,7 @@ def main() -> None:
         rerun = extract([str(corpus)], work / "many-store", "vggish", args.workers)
         print(f"no-op rerun of {args.videos} videos: {rerun:.2f} s")
         if not args.no_side_by_side:
-            side_by_side(work, args.workers, args.bf16)
+            side_by_side(work, args.workers, args.bf16, args.repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
