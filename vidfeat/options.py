@@ -124,9 +124,9 @@ class RunOptions:
                                   "feature; one feature may differ: --set c3d.precision=bf16)")
     #: models as cached AOTInductor packages (a feature may override: c3d.compile=false)
     compile: bool = _option(False, kind="flag", flag="--compile",
-                            help="models compiled ahead of time and cached (ResNet-152 about "
-                                 "1.4x faster in fp32 on CPU; the first run on a machine "
-                                 "builds them)")
+                            help="models compiled ahead of time and cached; the first run "
+                                 "on a machine builds them (on the CPUs measured, no faster "
+                                 "than the default, or slower: docs/how-a-run-works.md)")
     decoder: str = _option(DEFAULT_DECODER, kind="text", choices=DECODERS, flag="--decoder",
                            help=f"video decoder backend (default {DEFAULT_DECODER})")
     decode_threads: int | None = _option(kind="int", minimum=1, flag="--decode-threads",
