@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from functools import cached_property
 from typing import Any
 
 from vidfeat.errors import ClusterError, ConfigError
@@ -14,16 +15,21 @@ from vidfeat.jobs.spec import ClusterSpec, quiet_distributed
 class ClusterOpener:
     """How a run opens the cluster ``spec`` describes: calling it gives ``open_client(spec)``;
     ``start_early()``, which the run calls once it knows it needs workers, before anything
-    else, starts what can start before the cluster (a local cluster's forkserver)."""
+    else, starts what can start before the cluster (a local cluster's forkserver). The spec
+    is resolved once, when first needed (a no-op rerun never counts the GPUs)."""
 
     def __init__(self, spec: ClusterSpec) -> None:
         self.spec = spec
 
+    @cached_property
+    def _resolved(self) -> ClusterSpec:
+        return self.spec.resolved()
+
     def __call__(self) -> AbstractContextManager[Any]:
-        return open_client(self.spec)
+        return open_client(self._resolved)  # resolving a resolved spec changes nothing
 
     def start_early(self) -> None:
-        spec = self.spec.resolved()
+        spec = self._resolved
         if spec.kind == "local" and not spec.gpus and spec.workers:
             from vidfeat.jobs.local import start_forkserver
 
